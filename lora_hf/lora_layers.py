@@ -1,0 +1,315 @@
+# This file travels: `save_pretrained` copies it next to `config.json` so that
+# `trust_remote_code=True` works where lora_hf is not installed. It imports only
+# torch, transformers and its sibling modules.
+"""LoRA layers and their injection into a `transformers` backbone.
+
+A wrapped layer keeps the *same* `weight` / `bias` Parameters as the layer it replaces, so
+the backbone's state-dict keys do not change (`...query.weight` stays `...query.weight`) and
+only `...query.lora_A` / `...query.lora_B` are added. That keeps base checkpoints loadable
+as they are and makes `merge_and_unload` a matter of putting the original class back.
+"""
+
+import math
+import re
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+__all__ = [
+    "LoraLinear",
+    "LoraEmbedding",
+    "find_target_modules",
+    "inject_lora",
+    "unload_lora",
+    "lora_layers",
+    "candidate_module_names",
+]
+
+_LINEAR_TYPES = (nn.Linear, Conv1D)
+_INIT_CHOICES = ("kaiming", "gaussian")
+
+
+class _LoraLayer(nn.Module):
+    """What LoRA layers share: scaling, merge state, and the way back to the original layer."""
+
+    def _setup(self, base: nn.Module, r: int, lora_alpha: float, lora_dropout: float, use_rslora: bool) -> None:
+        self.r = r
+        self.lora_alpha = lora_alpha
+        self.lora_dropout = float(lora_dropout)
+        # rsLoRA (Kalajdzievski 2023): alpha / sqrt(r) keeps the update's scale stable as r grows.
+        self.scaling = lora_alpha / (math.sqrt(r) if use_rslora else r)
+        self.merged = False
+        # Enough to rebuild the original module in `unload` without keeping a second reference to it.
+        self._base_class = type(base)
+        self._base_attrs = {k: v for k, v in vars(base).items() if not k.startswith("_") and k != "training"}
+        self.weight = base.weight
+        if "bias" in base._parameters:
+            self.bias = base.bias
+        # The adapters are initialised here; tell transformers' initialiser to leave them alone.
+        self._is_hf_initialized = True
+
+    def delta_weight(self) -> torch.Tensor:
+        """`scale * B @ A`, laid out like `self.weight` and in its dtype (computed in fp32)."""
+        return self._delta_fp32().to(self.weight.dtype)
+
+    def _delta_fp32(self) -> torch.Tensor:
+        # fp32 whatever the weight dtype: merging in bf16 would round the small update away.
+        return self._to_weight_layout((self.lora_B.float() @ self.lora_A.float()) * self.scaling)
+
+    def _to_weight_layout(self, delta: torch.Tensor) -> torch.Tensor:
+        return delta
+
+    @torch.no_grad()
+    def merge(self, safe_merge: bool = False) -> None:
+        """Fold the update into `weight`; the forward then costs what the base layer costs."""
+        if self.merged:
+            return
+        merged = self.weight.float() + self._delta_fp32()
+        if safe_merge and not torch.isfinite(merged).all():
+            raise ValueError(f"Merging the adapter of {self!r} produced NaN/Inf weights; the adapter is broken.")
+        self.weight.copy_(merged)
+        self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        """Take the update back out of `weight` (exact up to floating-point rounding)."""
+        if not self.merged:
+            return
+        unmerged = self.weight.float() - self._delta_fp32()
+        self.weight.copy_(unmerged)
+        self.merged = False
+
+    def unload(self) -> nn.Module:
+        """The original module class holding this layer's (possibly merged) Parameters."""
+        base = self._base_class.__new__(self._base_class)
+        nn.Module.__init__(base)
+        base.__dict__.update(self._base_attrs)
+        base.weight = self.weight
+        if "bias" in self._parameters:
+            base.register_parameter("bias", self.bias)
+        base.train(self.training)
+        return base
+
+
+class LoraLinear(_LoraLayer):
+    """`y = base(x) + scale * B(A(dropout(x)))` beside an `nn.Linear` or GPT-2's `Conv1D`.
+
+    Example:
+        >>> layer = LoraLinear(nn.Linear(16, 32), r=4, lora_alpha=8)
+        >>> layer(torch.randn(2, 16)).shape
+        torch.Size([2, 32])
+    """
+
+    def __init__(
+        self,
+        base: nn.Module,
+        r: int,
+        lora_alpha: float,
+        lora_dropout: float = 0.0,
+        use_rslora: bool = False,
+        init_lora_weights: str = "kaiming",
+    ):
+        super().__init__()
+        # GPT-2's Conv1D stores W as (in, out) and computes x @ W + b.
+        self.fan_in_fan_out = isinstance(base, Conv1D)
+        if self.fan_in_fan_out:
+            self.in_features, self.out_features = base.weight.shape
+        else:
+            self.out_features, self.in_features = base.weight.shape
+        self._setup(base, r, lora_alpha, lora_dropout, use_rslora)
+        factory = {"device": self.weight.device, "dtype": self.weight.dtype}
+        self.lora_A = nn.Parameter(torch.empty(r, self.in_features, **factory))
+        self.lora_B = nn.Parameter(torch.empty(self.out_features, r, **factory))
+        self.reset_lora_parameters(init_lora_weights)
+
+    @torch.no_grad()
+    def reset_lora_parameters(self, init_lora_weights: str = "kaiming") -> None:
+        # B starts at zero: the model equals its base at step 0.
+        if init_lora_weights == "gaussian":
+            nn.init.normal_(self.lora_A, std=1.0 / self.r)
+        else:
+            nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+        nn.init.zeros_(self.lora_B)
+
+    def _to_weight_layout(self, delta: torch.Tensor) -> torch.Tensor:
+        return delta.T if self.fan_in_fan_out else delta
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out_shape = x.shape[:-1] + (self.out_features,)
+        x = x.reshape(-1, self.in_features)  # (N, in)
+        if self.fan_in_fan_out:
+            result = torch.addmm(self.bias, x, self.weight) if self.bias is not None else x @ self.weight
+        else:
+            result = F.linear(x, self.weight, self.bias)  # (N, out)
+        if self.merged:
+            return result.view(out_shape)
+        if self.lora_dropout > 0.0 and self.training:
+            x = F.dropout(x, self.lora_dropout, True)
+        # One fused GEMM adds scale * (xA^T)B^T onto the base output: no extra elementwise pass over (N, out).
+        result = torch.addmm(result, x @ self.lora_A.T, self.lora_B.T, alpha=self.scaling)
+        return result.view(out_shape)
+
+    def extra_repr(self) -> str:
+        kind = "Conv1D" if self.fan_in_fan_out else "Linear"
+        return (
+            f"{kind}(in={self.in_features}, out={self.out_features}), r={self.r}, "
+            f"scaling={self.scaling:g}, dropout={self.lora_dropout}, merged={self.merged}"
+        )
+
+
+class LoraEmbedding(_LoraLayer):
+    """`y = E[x] + scale * (A^T[x]) B^T` beside an `nn.Embedding`.
+
+    A starts at zero and B is random, so the model equals its base at step 0 (as in PEFT).
+
+    Example:
+        >>> layer = LoraEmbedding(nn.Embedding(10, 8), r=2, lora_alpha=4)
+        >>> layer(torch.tensor([[1, 2]])).shape
+        torch.Size([1, 2, 8])
+    """
+
+    def __init__(
+        self,
+        base: nn.Embedding,
+        r: int,
+        lora_alpha: float,
+        lora_dropout: float = 0.0,
+        use_rslora: bool = False,
+        init_lora_weights: str = "kaiming",
+    ):
+        super().__init__()
+        self.num_embeddings, self.embedding_dim = base.weight.shape
+        self.padding_idx = base.padding_idx
+        self.max_norm = base.max_norm
+        self.norm_type = base.norm_type
+        self.scale_grad_by_freq = base.scale_grad_by_freq
+        self.sparse = base.sparse
+        self._setup(base, r, lora_alpha, lora_dropout, use_rslora)
+        factory = {"device": self.weight.device, "dtype": self.weight.dtype}
+        self.lora_A = nn.Parameter(torch.zeros(r, self.num_embeddings, **factory))
+        self.lora_B = nn.Parameter(torch.empty(self.embedding_dim, r, **factory))
+        nn.init.normal_(self.lora_B)
+
+    def _to_weight_layout(self, delta: torch.Tensor) -> torch.Tensor:
+        return delta.T  # (num_embeddings, embedding_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        result = F.embedding(
+            x, self.weight, self.padding_idx, self.max_norm, self.norm_type, self.scale_grad_by_freq, self.sparse
+        )
+        if self.merged:
+            return result
+        after_a = F.embedding(x, self.lora_A.T, self.padding_idx, self.max_norm, self.norm_type, self.scale_grad_by_freq, self.sparse)
+        return result + (after_a @ self.lora_B.T) * self.scaling
+
+    def extra_repr(self) -> str:
+        return f"Embedding({self.num_embeddings}, {self.embedding_dim}), r={self.r}, scaling={self.scaling:g}, merged={self.merged}"
+
+
+def lora_layers(model: nn.Module):
+    """Yield `(name, layer)` for every LoRA layer in `model`."""
+    for name, module in model.named_modules():
+        if isinstance(module, _LoraLayer):
+            yield name, module
+
+
+def candidate_module_names(model: nn.Module) -> list:
+    """Distinct leaf names of the modules LoRA can wrap (`query`, `c_attn`, ...), for error messages."""
+    return sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, _LINEAR_TYPES + (nn.Embedding,))})
+
+
+def _auto_targets(model: nn.Module) -> list:
+    """The attention input projections: the fused QKV projection where there is one, else query and value.
+
+    Structural rule, no per-architecture table: inside every module whose class name contains
+    "Attention", a Linear/Conv1D whose output is at least twice its input is a fused QKV
+    projection (GPT-2 `c_attn`, GPT-NeoX `query_key_value`, Falcon, Bloom, ...); otherwise the
+    projections whose name starts with `q` or `v` (`query`/`value`, `q_proj`/`v_proj`,
+    `q_lin`/`v_lin`, `q`/`v`) are taken, as in the LoRA paper.
+    """
+    selected = []
+    for block_name, block in model.named_modules():
+        if "attention" not in type(block).__name__.lower():
+            continue
+        projections = {
+            f"{block_name}.{name}" if block_name else name: m
+            for name, m in block.named_modules()
+            if isinstance(m, _LINEAR_TYPES) and name.count(".") <= 1 and name
+        }
+        fused = [n for n, m in projections.items() if _out_in(m)[0] >= 2 * _out_in(m)[1]]
+        if fused:
+            selected += fused
+        else:
+            selected += [n for n in projections if n.rsplit(".", 1)[-1][:1] in ("q", "v")]
+    return sorted(set(selected))
+
+
+def _out_in(module: nn.Module) -> tuple:
+    if isinstance(module, Conv1D):
+        return module.weight.shape[1], module.weight.shape[0]
+    return module.weight.shape[0], module.weight.shape[1]
+
+
+def find_target_modules(model: nn.Module, target_modules) -> list:
+    """Full names of the modules of `model` that `target_modules` selects.
+
+    `target_modules` is `"auto"` or a list whose items are module-name suffixes (`"query"`
+    matches `...attention.self.query`) or `re:`-prefixed regexes matched against the full name.
+    Every item must select at least one Linear/Conv1D/Embedding module.
+    """
+    if target_modules == "auto":
+        names = _auto_targets(model)
+        if not names:
+            raise ValueError(
+                f"target_modules='auto' found no attention projection in {type(model).__name__}; pass explicit "
+                f"`target_modules` from its Linear/Conv1D/Embedding modules: {candidate_module_names(model)}"
+            )
+        return names
+    wrappable = [name for name, m in model.named_modules() if isinstance(m, _LINEAR_TYPES + (nn.Embedding,))]
+    selected = set()
+    for target in target_modules:
+        if target.startswith("re:"):
+            pattern = re.compile(target[3:])
+            hits = [n for n in wrappable if pattern.fullmatch(n)]
+        else:
+            hits = [n for n in wrappable if n == target or n.endswith("." + target)]
+        if not hits:
+            raise ValueError(
+                f"`target_modules` item {target!r} matched no module of {type(model).__name__}; allowed are "
+                f"suffixes or 're:' regexes of its Linear/Conv1D/Embedding modules, whose names end in: "
+                f"{candidate_module_names(model)}"
+            )
+        selected.update(hits)
+    return sorted(selected)
+
+
+def inject_lora(model: nn.Module, config) -> list:
+    """Replace the modules selected by `config.target_modules` with LoRA layers; return their names."""
+    names = find_target_modules(model, config.target_modules)
+    for name in names:
+        parent_name, _, child_name = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        base = getattr(parent, child_name)
+        layer_class = LoraEmbedding if isinstance(base, nn.Embedding) else LoraLinear
+        layer = layer_class(
+            base,
+            r=config.r,
+            lora_alpha=config.lora_alpha,
+            lora_dropout=config.lora_dropout,
+            use_rslora=config.use_rslora,
+            init_lora_weights=config.init_lora_weights,
+        )
+        layer.train(base.training)
+        setattr(parent, child_name, layer)
+    return names
+
+
+def unload_lora(model: nn.Module) -> nn.Module:
+    """Put the original module classes back in place of LoRA layers (merge first to keep the update)."""
+    for name, layer in list(lora_layers(model)):
+        parent_name, _, child_name = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child_name, layer.unload())
+    return model

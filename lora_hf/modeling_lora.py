@@ -1,0 +1,684 @@
+# This file travels: `save_pretrained` copies it next to `config.json` so that
+# `trust_remote_code=True` works where lora_hf is not installed. It imports only
+# torch, transformers, safetensors and its sibling modules.
+"""LoRA models: `PreTrainedModel`s that wrap a `transformers` backbone with LoRA layers."""
+
+import copy
+import hashlib
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+from transformers import (
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoModelForMaskedLM,
+    AutoModelForQuestionAnswering,
+    AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
+    GenerationMixin,
+    PreTrainedModel,
+)
+from transformers.pytorch_utils import Conv1D
+from transformers.utils import logging
+
+from .configuration_lora import GROUPS, PHASES, LoraConfig, check_group
+from .lora_layers import LoraEmbedding, LoraLinear, inject_lora, lora_layers, unload_lora
+
+logger = logging.get_logger(__name__)
+
+__all__ = [
+    "LoraPreTrainedModel",
+    "LoraModel",
+    "LoraForCausalLM",
+    "LoraForMaskedLM",
+    "LoraForSequenceClassification",
+    "LoraForTokenClassification",
+    "LoraForQuestionAnswering",
+    "WEIGHTS_NAME",
+]
+
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+# The modules saved beside config.json for `trust_remote_code`.
+CODE_FILES = ("configuration_lora.py", "lora_layers.py", "modeling_lora.py")
+_CONFIG_OVERRIDES = ("num_labels", "id2label", "label2id", "problem_type")
+_BACKBONE_LOAD_KWARGS = ("dtype", "torch_dtype", "attn_implementation", "device_map", "low_cpu_mem_usage")
+_HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder")
+
+
+class LoraPreTrainedModel(PreTrainedModel):
+    """Base class: a frozen backbone built by `backbone_auto_class`, LoRA layers injected into it.
+
+    The backbone's Parameters keep their names under `backbone.`; the adapters add
+    `<module>.lora_A` / `<module>.lora_B`. Parameters fall into a *fixed* group (frozen) and a
+    *trainable* group chosen per phase by `config.phase_trainable` (see `set_phase`).
+    """
+
+    config_class = LoraConfig
+    base_model_prefix = "lora"
+    main_input_name = "input_ids"
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    backbone_auto_class = AutoModel
+
+    def __init__(self, config: LoraConfig, backbone: PreTrainedModel | None = None):
+        super().__init__(config)
+        if config.backbone_config is None:
+            raise ValueError(f"{type(self).__name__} needs `config.backbone_config`, the base model's config; got None.")
+        if backbone is None:
+            backbone = self.backbone_auto_class.from_config(config.backbone_config)
+        self.backbone = backbone
+        config.backbone_config = backbone.config
+        self.lora_module_names = inject_lora(self.backbone, config)
+        self.active_phase = None
+        self.post_init()
+        self.set_phase("finetune" if "finetune" in config.phase_trainable else next(iter(config.phase_trainable)))
+
+    def init_weights(self):
+        # The backbone initialised (or loaded) its own weights and the LoRA layers initialise
+        # themselves; running the initialiser again would overwrite pretrained weights.
+        self.tie_weights(recompute_mapping=False)
+
+    def _init_weights(self, module):
+        pass
+
+    # ----- the backbone ------------------------------------------------------------------
+    def get_input_embeddings(self) -> nn.Module:
+        return self.backbone.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.backbone.set_input_embeddings(value)
+
+    def get_output_embeddings(self):
+        return self.backbone.get_output_embeddings()
+
+    def _base_prefix(self) -> str:
+        """`bert` for a `BertForX` backbone; empty when the backbone is the bare base model."""
+        prefix = getattr(self.backbone, "base_model_prefix", "")
+        return prefix if prefix and isinstance(getattr(self.backbone, prefix, None), nn.Module) else ""
+
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
+        inputs_embeds=None,
+        labels=None,
+        past_key_values=None,
+        use_cache=None,
+        output_attentions=None,
+        output_hidden_states=None,
+        return_dict=None,
+        **kwargs,
+    ):
+        """Runs the backbone; returns its own `ModelOutput` (with `loss` when labels are given)."""
+        inputs = {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "token_type_ids": token_type_ids,
+            "position_ids": position_ids,
+            "inputs_embeds": inputs_embeds,
+            "labels": labels,
+            "past_key_values": past_key_values,
+            "use_cache": use_cache,
+            "output_attentions": output_attentions,
+            "output_hidden_states": output_hidden_states,
+            "return_dict": return_dict,
+            **kwargs,
+        }
+        # Pass only what was given: backbones differ in the arguments they accept (DistilBERT has no token types).
+        return self.backbone(**{k: v for k, v in inputs.items() if v is not None})
+
+    # ----- parameter groups and phases ---------------------------------------------------
+    def _group_members(self, group: str) -> set:
+        names = [name for name, _ in self.named_parameters()]
+        if group == "all":
+            return set(names)
+        if group.startswith("re:"):
+            pattern = re.compile(group[3:])
+            return {n for n in names if pattern.search(n)}
+        if group == "lora":
+            return {n for n in names if n.endswith((".lora_A", ".lora_B"))}
+        if group == "bias":
+            return {n for n in names if n.endswith(".bias")}
+        if group == "head":
+            prefix = self._base_prefix()
+            if not prefix:
+                return set()
+            body = f"backbone.{prefix}."
+            return {n for n in names if not n.startswith(body) and not n.endswith((".lora_A", ".lora_B"))}
+        members = set()
+        for module_name, module in self.named_modules():
+            if group == "embeddings":
+                hit = isinstance(module, (nn.Embedding, LoraEmbedding))
+            elif group == "norm":
+                hit = "norm" in type(module).__name__.lower()
+            else:  # attention: the projections inside attention blocks
+                hit = "attention" in module_name.lower() and isinstance(module, (nn.Linear, Conv1D, LoraLinear))
+            if hit:
+                members.update(f"{module_name}.{p}" for p, _ in module.named_parameters(recurse=group == "norm"))
+        return {n for n in members if n in set(names) and not n.endswith((".lora_A", ".lora_B"))}
+
+    def phase_parameter_names(self, phase: str) -> set:
+        """Names of the parameters `phase` trains, from `config.phase_trainable[phase]`."""
+        if phase not in self.config.phase_trainable:
+            raise ValueError(
+                f"Unknown phase {phase!r}; `config.phase_trainable` defines {list(self.config.phase_trainable)} "
+                f"(phases allowed: {list(PHASES)})."
+            )
+        names = set()
+        for group in self.config.phase_trainable[phase]:
+            check_group(group, f"phase_trainable[{phase!r}]")
+            names |= self._group_members(group)
+        return names
+
+    def set_phase(self, phase: str) -> None:
+        """Train exactly the groups `config.phase_trainable[phase]` names; freeze everything else.
+
+        Example:
+            >>> model.set_phase("pretrain")  # LoRA + embeddings by default
+            >>> model.print_trainable_parameters()
+        """
+        trainable = self.phase_parameter_names(phase)
+        if not trainable:
+            raise ValueError(
+                f"`phase_trainable[{phase!r}]` = {self.config.phase_trainable[phase]} selects no parameter of "
+                f"{type(self).__name__}; name groups from {list(GROUPS)} that this model has."
+            )
+        for name, param in self.named_parameters():
+            param.requires_grad_(name in trainable)
+        self.active_phase = phase
+        for group in self.config.phase_trainable[phase]:
+            if group not in self.config.trained_groups:
+                self.config.trained_groups.append(group)
+
+    def parameter_groups(self) -> dict:
+        """`{"trainable": [names], "fixed": [names]}` as `requires_grad` stands now (tied weights once)."""
+        groups = {"trainable": [], "fixed": []}
+        for name, param in self.named_parameters():
+            groups["trainable" if param.requires_grad else "fixed"].append(name)
+        return groups
+
+    def get_nb_trainable_parameters(self) -> tuple:
+        """`(trainable, all)` parameter counts; tied weights are counted once."""
+        trainable = total = 0
+        for param in self.parameters():
+            total += param.numel()
+            if param.requires_grad:
+                trainable += param.numel()
+        return trainable, total
+
+    def print_trainable_parameters(self) -> None:
+        trainable, total = self.get_nb_trainable_parameters()
+        print(f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {100 * trainable / total:.4f}")
+
+    # ----- gradient checkpointing --------------------------------------------------------
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None, **kwargs):
+        """Checkpoint activations; gradients still reach the adapters of a frozen backbone.
+
+        Non-reentrant checkpointing is the default; with `use_reentrant=True` the input embeddings
+        are made to require grad so the recomputed segments see a tensor that needs grad.
+        """
+        self._activation_checkpointing_enable(gradient_checkpointing_kwargs, **kwargs)
+
+    # ----- merge -------------------------------------------------------------------------
+    def merge_adapter(self, safe_merge: bool = False) -> None:
+        """Fold every adapter into its base weight: inference then costs what the base costs."""
+        for _, layer in lora_layers(self.backbone):
+            layer.merge(safe_merge=safe_merge)
+
+    def unmerge_adapter(self) -> None:
+        for _, layer in lora_layers(self.backbone):
+            layer.unmerge()
+
+    def merge_and_unload(self, safe_merge: bool = False) -> PreTrainedModel:
+        """Merge the adapters and return the plain `transformers` backbone (e.g. `BertForSequenceClassification`).
+
+        The returned model saves and loads with `transformers` alone. This LoRA model is consumed.
+        """
+        self.merge_adapter(safe_merge=safe_merge)
+        backbone = unload_lora(self.backbone)
+        for param in backbone.parameters():
+            param.requires_grad_(True)
+        backbone.config.name_or_path = self.config.name_or_path
+        return backbone
+
+    # ----- which tensors are ours --------------------------------------------------------
+    def adapter_state_keys(self) -> list:
+        """State-dict keys saved in an adapter-only checkpoint: LoRA, head, trained groups, and anything trainable now."""
+        names = self._group_members("lora") | self._group_members("head")
+        for group in self.config.trained_groups:
+            names |= self._group_members(group)
+        names |= {n for n, p in self.named_parameters() if p.requires_grad}
+        return sorted(names)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """Like `nn.Module.load_state_dict`, but an adapter-only dict is complete: base tensors may be absent."""
+        result = super().load_state_dict(state_dict, strict=False, assign=assign)
+        own = set(self.adapter_state_keys())
+        missing = [k for k in result.missing_keys if k in own]
+        if strict and (missing or result.unexpected_keys):
+            raise RuntimeError(
+                f"Error loading state dict into {type(self).__name__}: missing adapter tensors {missing}, "
+                f"unexpected tensors {result.unexpected_keys}."
+            )
+        return type(result)(missing, result.unexpected_keys)
+
+    # ----- save --------------------------------------------------------------------------
+    def save_pretrained(
+        self,
+        save_directory,
+        is_main_process: bool = True,
+        state_dict: dict | None = None,
+        save_base: bool = False,
+        push_to_hub: bool = False,
+        safe_serialization: bool = True,
+        **kwargs,
+    ) -> None:
+        """Write `config.json`, the code files for `trust_remote_code` and `model.safetensors`.
+
+        By default the safetensors file holds only the adapter tensors (`adapter_state_keys`);
+        `save_base=True` writes every tensor, so the directory needs no base model. Each file is
+        written to a temporary name and renamed, so a crash leaves the previous file intact.
+
+        Example:
+            >>> model.save_pretrained("my-lora")          # kilobytes
+            >>> AutoModelForSequenceClassification.from_pretrained("my-lora")
+        """
+        if not safe_serialization:
+            raise ValueError("`safe_serialization=False`: lora_hf writes safetensors only.")
+        if not is_main_process:
+            return
+        if os.path.isfile(save_directory):
+            raise ValueError(f"`save_directory` {str(save_directory)!r} is a file; pass a directory.")
+        os.makedirs(save_directory, exist_ok=True)
+        full_state = state_dict if state_dict is not None else self.state_dict()
+        if save_base:
+            # named_parameters() lists a tied weight once: save it once, re-tied on load.
+            keep = {n for n, _ in self.named_parameters()} | {n for n, _ in self.named_buffers() if n in full_state}
+        else:
+            keep = set(self.adapter_state_keys())
+        tensors = {k: v.detach().contiguous() for k, v in full_state.items() if k in keep}
+        metadata = {"format": "pt", "lora_hf_format": "full" if save_base else "adapter", "base_prefix": self._base_prefix()}
+        _atomic_write(Path(save_directory) / WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+
+        here = Path(__file__).parent
+        for name in CODE_FILES:
+            _atomic_write(Path(save_directory) / name, lambda tmp, src=here / name: shutil.copyfile(src, tmp))
+        self.config.architectures = [type(self).__name__]
+        self.config.auto_map = _auto_map()
+        _atomic_write(Path(save_directory) / CONFIG_NAME, lambda tmp: self.config.to_json_file(tmp, use_diff=True))
+        if push_to_hub:
+            raise ValueError("`push_to_hub=True` in `save_pretrained`: call `model.push_to_hub(repo_id)` instead.")
+
+    # ----- load --------------------------------------------------------------------------
+    @classmethod
+    def from_base_model(
+        cls,
+        base_model_name_or_path: str,
+        r: int = 8,
+        lora_alpha: float = 16,
+        lora_dropout: float = 0.0,
+        target_modules="auto",
+        use_rslora: bool = False,
+        init_lora_weights: str = "kaiming",
+        phase_trainable: dict | None = None,
+        **backbone_kwargs,
+    ) -> "LoraPreTrainedModel":
+        """Load pretrained base weights and inject fresh adapters: at step 0 the outputs equal the base's.
+
+        `backbone_kwargs` go to the base config (e.g. `num_labels=3`) and to its `from_pretrained`
+        (e.g. `dtype=torch.bfloat16`).
+
+        Example:
+            >>> model = LoraForSequenceClassification.from_base_model("bert-base-uncased", r=8, num_labels=2)
+        """
+        from transformers import AutoConfig
+
+        hub_kwargs = {k: backbone_kwargs.pop(k) for k in _HUB_KWARGS if k in backbone_kwargs}
+        load_kwargs = {k: backbone_kwargs.pop(k) for k in _BACKBONE_LOAD_KWARGS if k in backbone_kwargs}
+        backbone_config, unused = AutoConfig.from_pretrained(
+            base_model_name_or_path, return_unused_kwargs=True, **hub_kwargs, **backbone_kwargs
+        )
+        if unused:
+            raise ValueError(f"`from_base_model` got arguments that are neither LoRA, loading nor config fields: {sorted(unused)}.")
+        config = LoraConfig(
+            backbone_config=backbone_config,
+            base_model_name_or_path=str(base_model_name_or_path),
+            r=r,
+            lora_alpha=lora_alpha,
+            lora_dropout=lora_dropout,
+            target_modules=target_modules,
+            use_rslora=use_rslora,
+            init_lora_weights=init_lora_weights,
+            phase_trainable=phase_trainable,
+            id2label=backbone_config.id2label,
+            label2id=backbone_config.label2id,
+            problem_type=backbone_config.problem_type,
+        )
+        cls._check_targets_on_meta(config)
+        backbone = cls.backbone_auto_class.from_pretrained(
+            base_model_name_or_path, config=backbone_config, **hub_kwargs, **load_kwargs
+        )
+        model = cls(config, backbone=backbone)
+        config.base_fingerprint = model.base_fingerprint()
+        return model
+
+    @classmethod
+    def _check_targets_on_meta(cls, config: LoraConfig) -> None:
+        """Resolve `target_modules` on a weightless copy of the backbone, before any weight is loaded."""
+        from .lora_layers import find_target_modules
+
+        with torch.device("meta"):
+            skeleton = cls.backbone_auto_class.from_config(config.backbone_config)
+        find_target_modules(skeleton, config.target_modules)
+
+    def base_fingerprint(self) -> str:
+        """A cheap hash of the base weights the adapters modify, to refuse loading them onto another base."""
+        digest = hashlib.sha256()
+        prefix = self._base_prefix()
+        for name, layer in sorted(lora_layers(self.backbone)):
+            weight = layer.weight.detach()
+            if layer.merged:
+                weight = weight - layer.delta_weight()
+            flat = weight.reshape(-1)
+            sample = flat[:: max(1, flat.numel() // 256)][:256].float().cpu()
+            if prefix and name.startswith(prefix + "."):
+                name = name[len(prefix) + 1 :]
+            digest.update(f"{name}:{tuple(weight.shape)}:".encode())
+            digest.update(sample.numpy().round(5).tobytes())
+        return digest.hexdigest()[:16]
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path,
+        *model_args,
+        config: LoraConfig | None = None,
+        base_model_name_or_path: str | None = None,
+        ignore_base_mismatch: bool = False,
+        **kwargs,
+    ) -> "LoraPreTrainedModel":
+        """Load a model saved by `save_pretrained`; an adapter-only save rebuilds its base first.
+
+        The base comes from `config.base_model_name_or_path` unless `base_model_name_or_path=` points
+        elsewhere (a local copy, say). Loading into another head class (a masked-LM save into
+        `LoraForSequenceClassification`) keeps the adapters and trained groups, drops the old head
+        and starts a new one, as `transformers` does for a pretrained checkpoint.
+
+        Example:
+            >>> model = LoraForSequenceClassification.from_pretrained("runs/demo", base_model_name_or_path="./MiniLM")
+        """
+        if model_args:
+            raise ValueError(f"{cls.__name__}.from_pretrained takes no positional arguments after the path, got {model_args!r}.")
+        if kwargs.pop("use_safetensors", None) is False:
+            raise ValueError("`use_safetensors=False`: lora_hf reads safetensors only.")
+        hub_kwargs = {k: kwargs.pop(k) for k in _HUB_KWARGS if k in kwargs}
+        load_kwargs = {k: kwargs.pop(k) for k in _BACKBONE_LOAD_KWARGS if k in kwargs}
+        overrides = {k: kwargs.pop(k) for k in _CONFIG_OVERRIDES if k in kwargs}
+        for ignored in ("trust_remote_code", "_from_auto", "_from_pipeline", "code_revision", "adapter_kwargs", "weights_only"):
+            kwargs.pop(ignored, None)
+        if kwargs:
+            raise ValueError(f"{cls.__name__}.from_pretrained got unknown arguments: {sorted(kwargs)}.")
+
+        if config is None:
+            config = LoraConfig.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
+        elif not isinstance(config, LoraConfig):
+            raise ValueError(f"`config` must be a LoraConfig, got {type(config).__name__} (model_type {config.model_type!r}).")
+        else:
+            config = copy.deepcopy(config)  # never mutate the caller's config
+        _apply_label_overrides(config, overrides)
+        weights_path = _resolve_file(pretrained_model_name_or_path, WEIGHTS_NAME, hub_kwargs)
+        state, metadata = _read_safetensors(weights_path)
+
+        if metadata.get("lora_hf_format") == "full":
+            model = cls(config)
+            model._load_saved_tensors(state, metadata, strict_full=True)
+            if load_kwargs.get("dtype") not in (None, "auto"):
+                model.to(load_kwargs["dtype"])
+            return model.eval()
+
+        base = base_model_name_or_path or config.base_model_name_or_path
+        if not base:
+            raise ValueError(
+                f"{pretrained_model_name_or_path!r} holds adapters only and its config names no base model; pass "
+                "`base_model_name_or_path=` with the base model's Hub id or local directory."
+            )
+        try:
+            backbone = cls.backbone_auto_class.from_pretrained(
+                base, config=config.backbone_config, **load_kwargs, **_base_hub_kwargs(hub_kwargs)
+            )
+        except OSError as err:
+            raise OSError(
+                f"Could not load the base model {base!r} that the adapters in {str(pretrained_model_name_or_path)!r} "
+                f"were trained on ({err}). Point to a local copy with `base_model_name_or_path=\"/path/to/base\"`."
+            ) from None
+        model = cls(config, backbone=backbone)
+        if base_model_name_or_path:
+            config.base_model_name_or_path = str(base_model_name_or_path)
+        expected = config.base_fingerprint
+        if expected and not ignore_base_mismatch and model.base_fingerprint() != expected:
+            raise ValueError(
+                f"The base model {base!r} is not the one these adapters were trained on (fingerprint "
+                f"{model.base_fingerprint()} != saved {expected}). Load the right base, or pass "
+                "`ignore_base_mismatch=True` to load anyway."
+            )
+        model._load_saved_tensors(state, metadata, strict_full=False)
+        return model.eval()
+
+    def _load_saved_tensors(self, state: dict, metadata: dict, strict_full: bool) -> None:
+        """Load saved tensors, mapping keys between head classes; refuse anything missing or left over."""
+        saved_prefix = metadata.get("base_prefix", "")
+        own_prefix = self._base_prefix()
+        own = self.state_dict(keep_vars=True)
+        head_switch = (self.config.architectures or [type(self).__name__]) != [type(self).__name__]
+
+        def split(key, prefix):
+            rest = key[len("backbone.") :] if key.startswith("backbone.") else key
+            if not prefix:
+                return "body", rest
+            if rest.startswith(prefix + "."):
+                return "body", rest[len(prefix) + 1 :]
+            return "head", rest
+
+        own_by_canonical = {split(k, own_prefix): k for k in own}
+        loaded, dropped, unexpected, mismatched = set(), [], [], []
+        for key, tensor in state.items():
+            canonical = split(key, saved_prefix)
+            target = own_by_canonical.get(canonical)
+            if target is None or (canonical[0] == "head" and head_switch):
+                (dropped if canonical[0] == "head" and head_switch else unexpected).append(key)
+                continue
+            if tuple(own[target].shape) != tuple(tensor.shape):
+                mismatched.append(f"{key}: saved {tuple(tensor.shape)}, model {tuple(own[target].shape)}")
+                continue
+            loaded.add(target)
+        if unexpected or mismatched:
+            raise ValueError(
+                f"The checkpoint does not fit {type(self).__name__}: "
+                + (f"unexpected tensors {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}; " if unexpected else "")
+                + (f"shape mismatches {mismatched[:8]}" if mismatched else "")
+            )
+        required = set(own) if strict_full else set(self.adapter_state_keys())
+        if head_switch:
+            required -= {k for k in required if split(k, own_prefix)[0] == "head"}
+        missing = sorted(k for k in required - loaded if not _is_tied_copy(self, k, loaded))
+        if missing:
+            raise ValueError(
+                f"The checkpoint lacks tensors {type(self).__name__} needs: {missing[:8]}{' ...' if len(missing) > 8 else ''}. "
+                "It was saved from another configuration (r, target_modules or trained groups differ)."
+            )
+        with torch.no_grad():
+            for key, value in state.items():
+                if key not in dropped:
+                    own[own_by_canonical[split(key, saved_prefix)]].copy_(value)
+        if dropped:
+            logger.warning(
+                f"Dropped the saved {self.config.architectures[0]} head ({len(dropped)} tensors); the new "
+                f"{type(self).__name__} head is newly initialised and should be trained."
+            )
+        self.config.architectures = [type(self).__name__]
+        # A model loaded for further training resumes in its default phase.
+        self.set_phase(self.active_phase)
+
+
+class LoraModel(LoraPreTrainedModel):
+    """LoRA on the bare base model (`AutoModel`): returns hidden states.
+
+    Example:
+        >>> model = LoraModel.from_base_model("sentence-transformers/all-MiniLM-L6-v2", r=8)
+    """
+
+    backbone_auto_class = AutoModel
+
+
+class LoraForMaskedLM(LoraPreTrainedModel):
+    """LoRA on `AutoModelForMaskedLM` (BERT-style), the pretrain phase of encoders.
+
+    Example:
+        >>> model = LoraForMaskedLM.from_base_model("bert-base-uncased", r=8)
+    """
+
+    backbone_auto_class = AutoModelForMaskedLM
+
+
+class LoraForSequenceClassification(LoraPreTrainedModel):
+    """LoRA on `AutoModelForSequenceClassification`: classification or regression (`num_labels=1`).
+
+    Example:
+        >>> model = LoraForSequenceClassification.from_base_model("bert-base-uncased", num_labels=2)
+    """
+
+    backbone_auto_class = AutoModelForSequenceClassification
+
+
+class LoraForTokenClassification(LoraPreTrainedModel):
+    """LoRA on `AutoModelForTokenClassification`.
+
+    Example:
+        >>> model = LoraForTokenClassification.from_base_model("bert-base-cased", num_labels=9)
+    """
+
+    backbone_auto_class = AutoModelForTokenClassification
+
+
+class LoraForQuestionAnswering(LoraPreTrainedModel):
+    """LoRA on `AutoModelForQuestionAnswering` (extractive span prediction).
+
+    Example:
+        >>> model = LoraForQuestionAnswering.from_base_model("bert-base-uncased")
+    """
+
+    backbone_auto_class = AutoModelForQuestionAnswering
+
+    def forward(self, input_ids=None, attention_mask=None, start_positions=None, end_positions=None, **kwargs):
+        return super().forward(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            start_positions=start_positions,
+            end_positions=end_positions,
+            **kwargs,
+        )
+
+
+class LoraForCausalLM(LoraPreTrainedModel, GenerationMixin):
+    """LoRA on `AutoModelForCausalLM` (GPT-2, GPT-NeoX, Llama, ...); `generate()` uses the backbone's KV cache.
+
+    Example:
+        >>> model = LoraForCausalLM.from_base_model("gpt2", r=8)
+        >>> model.generate(**tokenizer("Hello", return_tensors="pt"), max_new_tokens=5)
+    """
+
+    backbone_auto_class = AutoModelForCausalLM
+
+    def __init__(self, config: LoraConfig, backbone: PreTrainedModel | None = None):
+        super().__init__(config, backbone=backbone)
+        self.generation_config = self.backbone.generation_config
+
+    def generate(self, *args, **kwargs):
+        # The adapters live inside the backbone, so its own generate (and KV cache) runs them.
+        return self.backbone.generate(*args, **kwargs)
+
+
+# ----- helpers -----------------------------------------------------------------------------
+_AUTO_CLASSES = {
+    "AutoModel": "LoraModel",
+    "AutoModelForCausalLM": "LoraForCausalLM",
+    "AutoModelForMaskedLM": "LoraForMaskedLM",
+    "AutoModelForSequenceClassification": "LoraForSequenceClassification",
+    "AutoModelForTokenClassification": "LoraForTokenClassification",
+    "AutoModelForQuestionAnswering": "LoraForQuestionAnswering",
+}
+
+
+def _auto_map() -> dict:
+    return {"AutoConfig": "configuration_lora.LoraConfig", **{a: f"modeling_lora.{c}" for a, c in _AUTO_CLASSES.items()}}
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Write through `write(tmp_path)` then rename: readers see the old file or the new one, never half."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _resolve_file(name_or_path, filename: str, hub_kwargs: dict) -> str:
+    subfolder = hub_kwargs.get("subfolder") or ""
+    local = Path(name_or_path) / subfolder / filename
+    if Path(name_or_path).is_dir():
+        if not local.is_file():
+            raise OSError(f"{str(name_or_path)!r} has no {filename}; is it a directory written by `save_pretrained`?")
+        return str(local)
+    from huggingface_hub import hf_hub_download  # a dependency of transformers
+
+    return hf_hub_download(str(name_or_path), filename, **hub_kwargs)
+
+
+def _base_hub_kwargs(hub_kwargs: dict) -> dict:
+    # The subfolder and revision belong to the adapter repo, not to the base model's.
+    return {k: v for k, v in hub_kwargs.items() if k in ("cache_dir", "force_download", "local_files_only", "token")}
+
+
+def _read_safetensors(path: str) -> tuple:
+    try:
+        with safe_open(path, framework="pt") as f:
+            metadata = f.metadata() or {}
+            state = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as err:  # safetensors raises its own error types for corrupt files
+        raise OSError(f"{path} is not a readable safetensors file ({type(err).__name__}: {err}).") from None
+    return state, metadata
+
+
+def _apply_label_overrides(config: LoraConfig, overrides: dict) -> None:
+    for key, value in overrides.items():
+        setattr(config.backbone_config, key, value)
+    if overrides:
+        config.id2label = config.backbone_config.id2label
+        config.label2id = config.backbone_config.label2id
+        config.problem_type = config.backbone_config.problem_type
+
+
+def _is_tied_copy(model: nn.Module, key: str, loaded: set) -> bool:
+    """True for a tied alias (GPT-2 `lm_head.weight`) whose source tensor was loaded."""
+    params = dict(model.named_parameters(remove_duplicate=False))
+    if key not in params:
+        return False
+    return any(params[other] is params[key] for other in loaded if other in params)
