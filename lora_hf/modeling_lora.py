@@ -81,7 +81,8 @@ class LoraPreTrainedModel(PreTrainedModel):
         self.lora_module_names = inject_lora(self.backbone, config)
         self.active_phase = None
         self.post_init()
-        self.set_phase("finetune" if "finetune" in config.phase_trainable else next(iter(config.phase_trainable)))
+        # Ready to fine-tune out of the box (adapters + head), as PEFT's task models are.
+        self._apply_phase("finetune" if "finetune" in config.phase_trainable else next(iter(config.phase_trainable)))
 
     def init_weights(self):
         # The backbone initialised (or loaded) its own weights and the LoRA layers initialise
@@ -189,6 +190,16 @@ class LoraPreTrainedModel(PreTrainedModel):
             >>> model.set_phase("pretrain")  # LoRA + embeddings by default
             >>> model.print_trainable_parameters()
         """
+        self._apply_phase(phase)
+        self._record_trained(phase)
+
+    def _record_trained(self, phase: str) -> None:
+        # The groups a phase trained are saved with the adapters and required when loading them.
+        for group in self.config.phase_trainable[phase]:
+            if group not in self.config.trained_groups:
+                self.config.trained_groups.append(group)
+
+    def _apply_phase(self, phase: str) -> None:
         trainable = self.phase_parameter_names(phase)
         if not trainable:
             raise ValueError(
@@ -198,9 +209,6 @@ class LoraPreTrainedModel(PreTrainedModel):
         for name, param in self.named_parameters():
             param.requires_grad_(name in trainable)
         self.active_phase = phase
-        for group in self.config.phase_trainable[phase]:
-            if group not in self.config.trained_groups:
-                self.config.trained_groups.append(group)
 
     def parameter_groups(self) -> dict:
         """`{"trainable": [names], "fixed": [names]}` as `requires_grad` stands now (tied weights once)."""
@@ -255,9 +263,10 @@ class LoraPreTrainedModel(PreTrainedModel):
 
     # ----- which tensors are ours --------------------------------------------------------
     def adapter_state_keys(self) -> list:
-        """State-dict keys saved in an adapter-only checkpoint: LoRA, head, trained groups, and anything trainable now."""
-        names = self._group_members("lora") | self._group_members("head")
-        for group in self.config.trained_groups:
+        """State-dict keys saved in an adapter-only checkpoint: LoRA, the groups trained so far and in the
+        active phase, and anything else that requires grad now. Tied weights appear once."""
+        names = self._group_members("lora")
+        for group in self.config.trained_groups + list(self.config.phase_trainable.get(self.active_phase, [])):
             names |= self._group_members(group)
         names |= {n for n, p in self.named_parameters() if p.requires_grad}
         return sorted(names)
@@ -299,6 +308,8 @@ class LoraPreTrainedModel(PreTrainedModel):
             raise ValueError("`safe_serialization=False`: lora_hf writes safetensors only.")
         if not is_main_process:
             return
+        if self.active_phase is not None:
+            self._record_trained(self.active_phase)
         if os.path.isfile(save_directory):
             raise ValueError(f"`save_directory` {str(save_directory)!r} is a file; pass a directory.")
         os.makedirs(save_directory, exist_ok=True)
@@ -509,7 +520,12 @@ class LoraPreTrainedModel(PreTrainedModel):
                 + (f"unexpected tensors {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}; " if unexpected else "")
                 + (f"shape mismatches {mismatched[:8]}" if mismatched else "")
             )
-        required = set(own) if strict_full else set(self.adapter_state_keys())
+        if strict_full:
+            required = set(own)
+        else:
+            required = self._group_members("lora")
+            for group in self.config.trained_groups:
+                required |= self._group_members(group)
         if head_switch:
             required -= {k for k in required if split(k, own_prefix)[0] == "head"}
         missing = sorted(k for k in required - loaded if not _is_tied_copy(self, k, loaded))
@@ -528,8 +544,8 @@ class LoraPreTrainedModel(PreTrainedModel):
                 f"{type(self).__name__} head is newly initialised and should be trained."
             )
         self.config.architectures = [type(self).__name__]
-        # A model loaded for further training resumes in its default phase.
-        self.set_phase(self.active_phase)
+        # Re-apply the phase: loading replaced no Parameter, but keep requires_grad explicit.
+        self._apply_phase(self.active_phase)
 
 
 class LoraModel(LoraPreTrainedModel):

@@ -1,0 +1,33 @@
+"""The `lora-hf` command: one subcommand per job (`lora-hf --help`)."""
+
+import argparse
+import sys
+
+# Subcommand name -> "module:function". Each function takes the remaining argv and returns an exit code;
+# modules are imported only when their subcommand runs, so `lora-hf --help` stays fast.
+SUBCOMMANDS = {
+    "train": ("lora_hf.training:main", "Run both training phases (pretrain, finetune) with the HF Trainer."),
+}
+
+
+def main(argv: list | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(
+        prog="lora-hf",
+        description="Train, merge, export and publish lora_hf models.",
+        epilog="Run `lora-hf <command> --help` for a command's options and examples.",
+    )
+    parser.add_argument("command", choices=sorted(SUBCOMMANDS), metavar="command", help=", ".join(
+        f"{name}: {text}" for name, (_, text) in sorted(SUBCOMMANDS.items())))
+    if not argv or argv[0] in ("-h", "--help"):
+        parser.print_help()
+        return 0 if argv else 2
+    if argv[0] not in SUBCOMMANDS:
+        parser.error(f"unknown command {argv[0]!r}; choose from {sorted(SUBCOMMANDS)}")
+    module_name, func_name = SUBCOMMANDS[argv[0]][0].split(":")
+    module = __import__(module_name, fromlist=[func_name])
+    return getattr(module, func_name)(argv[1:]) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
