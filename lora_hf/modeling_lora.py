@@ -80,6 +80,7 @@ class LoraPreTrainedModel(PreTrainedModel):
         config.backbone_config = backbone.config
         self.lora_module_names = inject_lora(self.backbone, config)
         self.active_phase = None
+        self.newly_initialized_keys = []
         self.post_init()
         # Ready to fine-tune out of the box (adapters + head), as PEFT's task models are.
         self._apply_phase("finetune" if "finetune" in config.phase_trainable else next(iter(config.phase_trainable)))
@@ -378,10 +379,12 @@ class LoraPreTrainedModel(PreTrainedModel):
             problem_type=backbone_config.problem_type,
         )
         cls._check_targets_on_meta(config)
-        backbone = cls.backbone_auto_class.from_pretrained(
-            base_model_name_or_path, config=backbone_config, **hub_kwargs, **load_kwargs
+        backbone, info = cls.backbone_auto_class.from_pretrained(
+            base_model_name_or_path, config=backbone_config, output_loading_info=True, **hub_kwargs, **load_kwargs
         )
         model = cls(config, backbone=backbone)
+        # Base tensors the checkpoint lacked (a task head, or an LM head a sentence encoder was saved without).
+        model.newly_initialized_keys = sorted(info.get("missing_keys", []))
         config.base_fingerprint = model.base_fingerprint()
         return model
 
@@ -649,6 +652,9 @@ def _atomic_write(path: Path, write) -> None:
         write(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -1,0 +1,18 @@
+"""Spearman rank correlation between predictions and references (regression)."""
+
+import datasets
+import evaluate
+from scipy.stats import spearmanr
+
+
+class Spearmanr(evaluate.Metric):
+    def _info(self):
+        return evaluate.MetricInfo(
+            description="Spearman rank correlation coefficient.",
+            citation="",
+            inputs_description="predictions, references: lists of floats",
+            features=datasets.Features({"predictions": datasets.Value("float64"), "references": datasets.Value("float64")}),
+        )
+
+    def _compute(self, predictions, references):
+        return {"spearmanr": float(spearmanr(references, predictions)[0])}

