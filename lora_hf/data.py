@@ -182,7 +182,9 @@ def load_task_data(args: DataArguments) -> DatasetDict:
         raise DataError("No finetune data: pass `--dataset_name` or `--train_file`, or no data argument at all for the default task.")
     if "validation" not in data and "validation_matched" in data:
         data["validation"] = data["validation_matched"]
-    _check_split_columns(data, [args.text_column] + ([args.text_pair_column] if args.text_pair_column else []), args.label_column)
+    # With --task auto the label column may be absent (causal-LM text); infer_task says so for encoders.
+    label_column = args.label_column if args.task not in ("auto", "causal-lm") else None
+    _check_split_columns(data, [args.text_column] + ([args.text_pair_column] if args.text_pair_column else []), label_column)
     return truncate_samples(data, args)
 
 

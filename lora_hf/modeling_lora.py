@@ -266,7 +266,7 @@ class LoraPreTrainedModel(PreTrainedModel):
     def adapter_state_keys(self) -> list:
         """State-dict keys saved in an adapter-only checkpoint: LoRA, the groups trained so far and in the
         active phase, and anything else that requires grad now. Tied weights appear once."""
-        names = self._group_members("lora")
+        names = self._group_members("lora") | set(self.newly_initialized_keys)
         for group in self.config.trained_groups + list(self.config.phase_trainable.get(self.active_phase, [])):
             names |= self._group_members(group)
         names |= {n for n, p in self.named_parameters() if p.requires_grad}
@@ -383,10 +383,15 @@ class LoraPreTrainedModel(PreTrainedModel):
             base_model_name_or_path, config=backbone_config, output_loading_info=True, **hub_kwargs, **load_kwargs
         )
         model = cls(config, backbone=backbone)
-        # Base tensors the checkpoint lacked (a task head, or an LM head a sentence encoder was saved without).
-        model.newly_initialized_keys = sorted(info.get("missing_keys", []))
+        model._set_newly_initialized(info)
         config.base_fingerprint = model.base_fingerprint()
         return model
+
+    def _set_newly_initialized(self, loading_info: dict) -> None:
+        # Base tensors the checkpoint lacked (a task head, a pooler, an LM head a sentence encoder was
+        # saved without) are random: they are saved with the adapters, or every load would differ.
+        names = {n for n, _ in self.named_parameters()}
+        self.newly_initialized_keys = sorted(n for n in (f"backbone.{k}" for k in loading_info.get("missing_keys", [])) if n in names)
 
     @classmethod
     def _check_targets_on_meta(cls, config: LoraConfig) -> None:
@@ -469,8 +474,8 @@ class LoraPreTrainedModel(PreTrainedModel):
                 "`base_model_name_or_path=` with the base model's Hub id or local directory."
             )
         try:
-            backbone = cls.backbone_auto_class.from_pretrained(
-                base, config=config.backbone_config, **load_kwargs, **_base_hub_kwargs(hub_kwargs)
+            backbone, info = cls.backbone_auto_class.from_pretrained(
+                base, config=config.backbone_config, output_loading_info=True, **load_kwargs, **_base_hub_kwargs(hub_kwargs)
             )
         except OSError as err:
             raise OSError(
@@ -478,6 +483,7 @@ class LoraPreTrainedModel(PreTrainedModel):
                 f"were trained on ({err}). Point to a local copy with `base_model_name_or_path=\"/path/to/base\"`."
             ) from None
         model = cls(config, backbone=backbone)
+        model._set_newly_initialized(info)
         if base_model_name_or_path:
             config.base_model_name_or_path = str(base_model_name_or_path)
         expected = config.base_fingerprint
@@ -526,11 +532,14 @@ class LoraPreTrainedModel(PreTrainedModel):
         if strict_full:
             required = set(own)
         else:
-            required = self._group_members("lora")
+            required = self._group_members("lora") | set(self.newly_initialized_keys)
             for group in self.config.trained_groups:
                 required |= self._group_members(group)
+        fresh = []
         if head_switch:
-            required -= {k for k in required if split(k, own_prefix)[0] == "head"}
+            # A new head (and base tensors the old class never had, such as BERT's pooler) start fresh.
+            fresh = sorted(k for k in required - loaded if split(k, own_prefix)[0] == "head" or k in self.newly_initialized_keys)
+            required -= set(fresh)
         missing = sorted(k for k in required - loaded if not _is_tied_copy(self, k, loaded))
         if missing:
             raise ValueError(
@@ -541,10 +550,10 @@ class LoraPreTrainedModel(PreTrainedModel):
             for key, value in state.items():
                 if key not in dropped:
                     own[own_by_canonical[split(key, saved_prefix)]].copy_(value)
-        if dropped:
+        if dropped or fresh:
             logger.warning(
-                f"Dropped the saved {self.config.architectures[0]} head ({len(dropped)} tensors); the new "
-                f"{type(self).__name__} head is newly initialised and should be trained."
+                f"Dropped the saved {self.config.architectures[0]} head ({len(dropped)} tensors); newly initialised "
+                f"in {type(self).__name__}, to be trained: {fresh}."
             )
         self.config.architectures = [type(self).__name__]
         # Re-apply the phase: loading replaced no Parameter, but keep requires_grad explicit.

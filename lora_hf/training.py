@@ -370,8 +370,11 @@ def run_two_phase(
             limit = data_args.max_pretrain_samples or DEFAULT_PRETRAIN_SAMPLES
             pretrain_texts = pretrain_texts.shuffle(seed=training_args.seed).select(range(min(limit, len(pretrain_texts))))
         else:
-            task_data = None if model_args.skip_finetune else load_task_data(data_args)
+            has_task_data = bool(data_args.dataset_name or data_args.train_file)
+            task_data = load_task_data(data_args) if has_task_data else None
             pretrain_texts = load_pretrain_texts(data_args, task_data) if run_pretrain else None
+    if model_args.skip_finetune:
+        task_data = None
     task = labels = None
     if task_data is not None:
         task = infer_task(task_data, data_args, is_decoder=not encoder)
@@ -435,10 +438,11 @@ def _run_pretrain(base, encoder, lora_kwargs, texts, tokenizer, data_args, train
     model_class = LoraForMaskedLM if encoder else LoraForCausalLM
     model = model_class.from_base_model(base, **lora_kwargs)
     groups = model.config.phase_trainable["pretrain"]
-    if model.newly_initialized_keys and "head" not in groups and "all" not in groups:
+    untrained_head = set(model.newly_initialized_keys) & model._group_members("head")
+    if untrained_head and "head" not in groups and "all" not in groups:
         # A base saved without its LM head (sentence-transformers checkpoints such as MiniLM) gets a
         # random head; frozen, it would turn the pretrain objective into noise. Train it too.
-        logger.warning(f"{base} has no pretrained LM head ({len(model.newly_initialized_keys)} tensors newly initialised); the pretrain phase trains the `head` group too.")
+        logger.warning(f"{base} has no pretrained LM head ({len(untrained_head)} tensors newly initialised); the pretrain phase trains the `head` group too.")
         model.config.phase_trainable["pretrain"] = groups + ["head"]
     model.set_phase("pretrain")
     model.print_trainable_parameters()

@@ -1,0 +1,204 @@
+"""Two-phase training with the HF Trainer, on tiny models: phases, heads, resume, DDP, bad data."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import lora_hf
+from lora_hf.training import main
+from train_fixtures import save_tiny_bert, save_tiny_gpt2, sentences, write_csv, write_jsonl
+
+REPO = Path(__file__).resolve().parents[1]
+FAST = ["--max_seq_length", "16", "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "16",
+        "--logging_steps", "1", "--dataloader_pin_memory", "false", "--disable_tqdm", "true"]
+
+
+@pytest.fixture(scope="module")
+def bert_dir(tmp_path_factory):
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny_bert"))
+
+
+@pytest.fixture(scope="module")
+def gpt2_dir(tmp_path_factory):
+    return save_tiny_gpt2(tmp_path_factory.mktemp("tiny_gpt2"))
+
+
+@pytest.fixture(scope="module")
+def csv_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    return {
+        "train": write_csv(root / "train.csv", sentences(64, seed=1)),
+        "validation": write_csv(root / "dev.csv", sentences(32, seed=2)),
+        "test": write_csv(root / "test.csv", sentences(32, seed=3)),
+    }
+
+
+def data_flags(files):
+    return ["--train_file", files["train"], "--validation_file", files["validation"], "--test_file", files["test"]]
+
+
+def test_two_phase_bert_writes_both_phases_and_a_loadable_final_model(bert_dir, csv_data, tmp_path):
+    out = tmp_path / "run"
+    code = main(["--model_name_or_path", bert_dir, *data_flags(csv_data), "--output_dir", str(out),
+                 "--pretrain_max_steps", "4", "--num_train_epochs", "2", *FAST])
+    assert code == 0
+    for phase in ("pretrain", "finetune"):
+        assert (out / phase / "trainer_state.json").is_file()
+        assert (out / phase / "loss_curve.png").stat().st_size > 1000
+        assert (out / phase / "phase_results.json").is_file()
+    results = json.loads((out / "all_results.json").read_text())
+    assert results["task"] == "classification"
+    assert 0.0 <= results["finetune"]["test_accuracy"] <= 1.0
+    assert "eval_perplexity" in results["pretrain"]
+    assert (out / "loss_curve.png").is_file()
+    model = lora_hf.LoraForSequenceClassification.from_pretrained(out)
+    assert model.config.trained_groups == ["lora", "embeddings", "head"]
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    auto = AutoModelForSequenceClassification.from_pretrained(out)
+    batch = AutoTokenizer.from_pretrained(out)(["the film was good"], return_tensors="pt")
+    torch.testing.assert_close(auto(**batch).logits, model(**batch).logits, rtol=0, atol=0)
+
+
+def test_finetune_starts_from_the_pretrain_adapters(bert_dir, csv_data, tmp_path):
+    out = tmp_path / "run"
+    assert main(["--model_name_or_path", bert_dir, *data_flags(csv_data), "--output_dir", str(out),
+                 "--skip_finetune", "--pretrain_max_steps", "3", *FAST]) == 0
+    saved = load_file(out / "pretrain" / "model.safetensors")
+    model = lora_hf.LoraForSequenceClassification.from_pretrained(out / "pretrain", num_labels=2)
+    state = model.state_dict()
+    lora_keys = [k for k in saved if k.endswith(("lora_A", "lora_B"))]
+    assert lora_keys and any(saved[k].abs().sum() > 0 for k in lora_keys if k.endswith("lora_B"))
+    for key in lora_keys + [k for k in saved if "word_embeddings" in k]:
+        torch.testing.assert_close(state[key], saved[key], rtol=0, atol=0)
+    assert not any(k.startswith("backbone.cls.") for k in state)  # the masked-LM head is dropped
+
+
+def test_merge_between_phases_starts_fresh_adapters_on_a_merged_base(bert_dir, csv_data, tmp_path):
+    out = tmp_path / "run"
+    assert main(["--model_name_or_path", bert_dir, *data_flags(csv_data), "--output_dir", str(out),
+                 "--merge_between_phases", "--pretrain_max_steps", "3", "--max_steps", "2", *FAST]) == 0
+    config = json.loads((out / "finetune" / "config.json").read_text())
+    assert config["base_model_name_or_path"] == str(out / "pretrain" / "merged_base")
+    assert (out / "pretrain" / "merged_base" / "model.safetensors").is_file()
+    lora_hf.LoraForSequenceClassification.from_pretrained(out)
+
+
+def test_gpt2_causal_lm_pretrain_then_sequence_classification(gpt2_dir, csv_data, tmp_path):
+    out = tmp_path / "run"
+    assert main(["--model_name_or_path", gpt2_dir, *data_flags(csv_data), "--output_dir", str(out),
+                 "--pretrain_max_steps", "3", "--max_steps", "3", *FAST]) == 0
+    results = json.loads((out / "all_results.json").read_text())
+    assert results["pretrain"]["eval_perplexity"] > 1.0
+    assert "test_accuracy" in results["finetune"]
+    model = lora_hf.LoraForSequenceClassification.from_pretrained(out)
+    assert [n.rsplit(".", 1)[-1] for n in model.lora_module_names] == ["c_attn", "c_attn"]
+
+
+def test_gpt2_causal_lm_finetuning_on_text(gpt2_dir, tmp_path):
+    rows = [{"text": text} for text, _ in sentences(40)]
+    train = write_jsonl(tmp_path / "train.jsonl", rows[:32])
+    dev = write_jsonl(tmp_path / "dev.jsonl", rows[32:])
+    out = tmp_path / "run"
+    assert main(["--model_name_or_path", gpt2_dir, "--train_file", train, "--validation_file", dev, "--task", "causal-lm",
+                 "--output_dir", str(out), "--skip_pretrain", "--max_steps", "3", *FAST]) == 0
+    results = json.loads((out / "all_results.json").read_text())
+    assert results["task"] == "causal-lm" and results["finetune"]["eval_perplexity"] > 1.0
+    model = lora_hf.LoraForCausalLM.from_pretrained(out)
+    generated = model.generate(torch.tensor([[3, 4]]), max_new_tokens=3, do_sample=False)
+    assert generated.shape == (1, 5)
+
+
+def test_regression_and_token_classification_heads(bert_dir, tmp_path):
+    reg = [{"text": t, "label": float(l) * 2.5 - 0.3} for t, l in sentences(32)]
+    reg_file = write_jsonl(tmp_path / "reg.jsonl", reg)
+    out = tmp_path / "reg"
+    assert main(["--model_name_or_path", bert_dir, "--train_file", reg_file, "--validation_file", reg_file,
+                 "--output_dir", str(out), "--skip_pretrain", "--max_steps", "2", *FAST]) == 0
+    results = json.loads((out / "all_results.json").read_text())
+    assert results["task"] == "regression" and "eval_pearsonr" in results["finetune"]
+
+    tok = [{"tokens": t.split(), "tags": ["POS" if w in t.split()[:1] else "O" for w in t.split()]} for t, _ in sentences(24)]
+    tok_file = write_jsonl(tmp_path / "tok.jsonl", tok)
+    out = tmp_path / "tok"
+    assert main(["--model_name_or_path", bert_dir, "--train_file", tok_file, "--validation_file", tok_file,
+                 "--text_column", "tokens", "--label_column", "tags", "--output_dir", str(out),
+                 "--skip_pretrain", "--max_steps", "2", *FAST]) == 0
+    results = json.loads((out / "all_results.json").read_text())
+    assert results["task"] == "token-classification"
+    model = lora_hf.LoraForTokenClassification.from_pretrained(out)
+    assert model.config.id2label == {0: "O", 1: "POS"}
+
+
+def test_full_finetune_baseline_trains_every_weight(bert_dir, csv_data, tmp_path):
+    out = tmp_path / "run"
+    assert main(["--model_name_or_path", bert_dir, *data_flags(csv_data), "--output_dir", str(out),
+                 "--full_finetune", "--max_steps", "2", *FAST]) == 0
+    results = json.loads((out / "all_results.json").read_text())
+    assert results["trainable_params"] == results["total_params"]
+    assert not (out / "pretrain").exists()
+
+
+def test_best_model_and_checkpoint_limit_work_with_adapter_checkpoints(bert_dir, csv_data, tmp_path):
+    out = tmp_path / "run"
+    assert main(["--model_name_or_path", bert_dir, *data_flags(csv_data), "--output_dir", str(out), "--skip_pretrain",
+                 "--num_train_epochs", "3", "--load_best_model_at_end", "true", "--metric_for_best_model", "accuracy",
+                 "--save_total_limit", "1", *FAST]) == 0
+    state = json.loads((out / "finetune" / "trainer_state.json").read_text())
+    best = max(h["eval_accuracy"] for h in state["log_history"] if "eval_accuracy" in h)
+    assert state["best_metric"] == pytest.approx(best)
+    checkpoints = sorted((out / "finetune").glob("checkpoint-*"))
+    assert 1 <= len(checkpoints) <= 2  # the limit keeps the best one besides the last
+    for ckpt in checkpoints:
+        assert (ckpt / "model.safetensors").stat().st_size < 300_000  # adapters + head, not the 1M-parameter base
+
+
+def _final_tensors(path):
+    return load_file(Path(path) / "finetune" / "model.safetensors")
+
+
+def test_resume_after_sigkill_in_phase_two_matches_an_uninterrupted_run(bert_dir, csv_data, tmp_path):
+    args = ["--model_name_or_path", bert_dir, *data_flags(csv_data), "--pretrain_max_steps", "2", "--max_steps", "12",
+            "--save_strategy", "steps", "--save_steps", "3", "--eval_strategy", "no", "--save_total_limit", "5", *FAST]
+    straight = tmp_path / "straight"
+    assert main([*args, "--output_dir", str(straight)]) == 0
+
+    killed = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "lora_hf.cli", "train", *args, "--output_dir", str(killed)]
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while not (killed / "finetune" / "checkpoint-6" / "trainer_state.json").is_file():
+        assert proc.poll() is None and time.time() < deadline, "the run ended before phase 2 reached checkpoint-6"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "finetune" / "phase_results.json").exists()
+
+    assert main([*args, "--output_dir", str(killed), "--resume_from_checkpoint", "true"]) == 0
+    a, b = _final_tensors(straight), _final_tensors(killed)
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6)
+
+
+def test_ddp_with_two_cpu_processes(bert_dir, csv_data, tmp_path):
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", str(REPO / "scripts" / "run_two_phase.py"),
+           "--model_name_or_path", bert_dir, *data_flags(csv_data), "--output_dir", str(out),
+           "--pretrain_max_steps", "2", "--max_steps", "2", *FAST]
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    state = json.loads((out / "finetune" / "trainer_state.json").read_text())
+    assert state["global_step"] == 2
+    assert json.loads((out / "all_results.json").read_text())["finetune"]["test_accuracy"] >= 0

@@ -1,0 +1,75 @@
+"""Tiny real-format models, tokenizers and data files for the training tests (no downloads)."""
+
+import csv
+import json
+import random
+from pathlib import Path
+
+POSITIVE = "good great fine lovely superb happy brilliant".split()
+NEGATIVE = "bad awful poor dull terrible sad boring".split()
+FILLER = "the movie film plot was is a very quite and story acting".split()
+
+
+def sentences(n: int, seed: int = 0) -> list:
+    """`(text, label)` rows whose label a bag of words can learn."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        label = i % 2
+        words = rng.choices(FILLER, k=5) + rng.choices(POSITIVE if label else NEGATIVE, k=2)
+        rng.shuffle(words)
+        rows.append((" ".join(words), label))
+    return rows
+
+
+def write_csv(path: Path, rows: list, header=("text", "label")) -> str:
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return str(path)
+
+
+def write_jsonl(path: Path, rows: list) -> str:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def word_tokenizer(extra: tuple = ()):
+    """A whitespace word-level fast tokenizer over the words the fixtures use."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = ["[PAD]", "[UNK]", "[EOS]"] + sorted(set(POSITIVE + NEGATIVE + FILLER) | set(extra))
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(vocab)}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", eos_token="[EOS]")
+
+
+def save_tiny_bert(path: Path) -> str:
+    """Tiny BERT with a masked-LM head and the MiniLM WordPiece tokenizer (a real vocabulary)."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
+
+    from lora_hf.training import default_base_model
+
+    tokenizer = AutoTokenizer.from_pretrained(default_base_model())
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=37, max_position_embeddings=64)
+    BertForMaskedLM(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+def save_tiny_gpt2(path: Path) -> str:
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    tokenizer = word_tokenizer()
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=2, n_head=4, n_positions=64,
+                        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    GPT2LMHeadModel(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
