@@ -4,6 +4,7 @@ Everything here checks its input before any training starts and says what is wro
 """
 
 import os
+import re
 import subprocess
 import sys
 import tarfile
@@ -164,6 +165,9 @@ def _load_files(files: dict, flag: str) -> DatasetDict:
     try:
         return load_dataset(loader, data_files=files, **kwargs)
     except Exception as err:  # datasets wraps parser errors in many types
+        empty = re.search(r'Instruction "(\w+)" corresponds to no data', str(err))
+        if empty:
+            raise DataError(f"Split {empty.group(1)!r} is empty: {files.get(empty.group(1))} holds no rows.") from None
         raise DataError(f"Could not read {sorted(files.values())} as {loader}: {type(err).__name__}: {str(err)[:300]}") from None
 
 
