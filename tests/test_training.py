@@ -202,3 +202,23 @@ def test_ddp_with_two_cpu_processes(bert_dir, csv_data, tmp_path):
     state = json.loads((out / "finetune" / "trainer_state.json").read_text())
     assert state["global_step"] == 2
     assert json.loads((out / "all_results.json").read_text())["finetune"]["test_accuracy"] >= 0
+
+
+def test_flags_from_a_yaml_file_and_a_datasets_directory(bert_dir, csv_data, tmp_path):
+    """`--dataset_name` goes through `datasets.load_dataset` (a local directory here: no Hub offline)."""
+    import shutil
+
+    dataset_dir = tmp_path / "my_dataset"
+    dataset_dir.mkdir()
+    shutil.copy(csv_data["train"], dataset_dir / "train.csv")
+    shutil.copy(csv_data["validation"], dataset_dir / "validation.csv")
+    out = tmp_path / "run"
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        f"model_name_or_path: {bert_dir}\ndataset_name: {dataset_dir}\noutput_dir: {out}\nskip_pretrain: true\n"
+        "max_steps: 2\nmax_seq_length: 16\nper_device_train_batch_size: 8\ndisable_tqdm: true\nr: 4\nlora_alpha: 8\n"
+    )
+    assert main([str(config)]) == 0
+    saved = json.loads((out / "config.json").read_text())
+    assert (saved["r"], saved["lora_alpha"]) == (4, 8)
+    assert "eval_accuracy" in json.loads((out / "all_results.json").read_text())["finetune"]
