@@ -452,8 +452,11 @@ class LoraPreTrainedModel(PreTrainedModel):
 
         if config is None:
             config = LoraConfig.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
+        elif getattr(config, "model_type", None) != LoraConfig.model_type:
+            raise ValueError(f"`config` must be a LoraConfig (model_type 'lora'), got {type(config).__name__} (model_type {config.model_type!r}).")
         elif not isinstance(config, LoraConfig):
-            raise ValueError(f"`config` must be a LoraConfig, got {type(config).__name__} (model_type {config.model_type!r}).")
+            # The same class loaded from another copy of this file (remote code loads each module on its own).
+            config = LoraConfig.from_dict(config.to_dict())
         else:
             config = copy.deepcopy(config)  # never mutate the caller's config
         _apply_label_overrides(config, overrides)
@@ -473,7 +476,11 @@ class LoraPreTrainedModel(PreTrainedModel):
                 f"{pretrained_model_name_or_path!r} holds adapters only and its config names no base model; pass "
                 "`base_model_name_or_path=` with the base model's Hub id or local directory."
             )
+        verbosity = logging.get_verbosity()
         try:
+            # The head and other tensors the base lacks come from our file: the base's load report
+            # ("newly initialized") would be wrong, so keep it quiet.
+            logging.set_verbosity_error()
             backbone, info = cls.backbone_auto_class.from_pretrained(
                 base, config=config.backbone_config, output_loading_info=True, **load_kwargs, **_base_hub_kwargs(hub_kwargs)
             )
@@ -482,6 +489,8 @@ class LoraPreTrainedModel(PreTrainedModel):
                 f"Could not load the base model {base!r} that the adapters in {str(pretrained_model_name_or_path)!r} "
                 f"were trained on ({err}). Point to a local copy with `base_model_name_or_path=\"/path/to/base\"`."
             ) from None
+        finally:
+            logging.set_verbosity(verbosity)
         model = cls(config, backbone=backbone)
         model._set_newly_initialized(info)
         if base_model_name_or_path:
