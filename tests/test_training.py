@@ -100,7 +100,7 @@ def test_gpt2_causal_lm_pretrain_then_sequence_classification(gpt2_dir, csv_data
     assert results["pretrain"]["eval_perplexity"] > 1.0
     assert "test_accuracy" in results["finetune"]
     model = lora_hf.LoraForSequenceClassification.from_pretrained(out)
-    assert [n.rsplit(".", 1)[-1] for n in model.lora_module_names] == ["c_attn", "c_attn"]
+    assert sorted({n.rsplit(".", 1)[-1] for n in model.lora_module_names}) == ["c_attn", "c_proj"]
 
 
 def test_gpt2_causal_lm_finetuning_on_text(gpt2_dir, tmp_path):
