@@ -7,7 +7,8 @@ import math
 import re
 from typing import Any
 
-from transformers import AutoConfig, PretrainedConfig
+import torch
+from transformers import CONFIG_MAPPING, AutoConfig, PretrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
 __all__ = ["LoraConfig", "PHASES", "GROUPS"]
@@ -61,7 +62,16 @@ class LoraConfig(PretrainedConfig):
     base_fingerprint: str | None = None
 
     def __post_init__(self, **kwargs):
-        super().__post_init__(**kwargs)
+        # config.json is untrusted input: every malformed value becomes a ValueError that names the
+        # field, never a TypeError/KeyError/AttributeError from deep inside transformers.
+        self.backbone_config = _backbone_from_dict(self.backbone_config)
+        _check_labels(self.id2label, kwargs.get("num_labels"))
+        try:
+            super().__post_init__(**kwargs)
+        except ValueError:
+            raise
+        except Exception as err:  # transformers' generic field handling (id2label, num_labels, rope, ...)
+            raise ValueError(f"Invalid LoraConfig field value: {type(err).__name__}: {_short(err)}") from None
         if self.phase_trainable is None:
             self.phase_trainable = {phase: list(groups) for phase, groups in DEFAULT_PHASE_TRAINABLE.items()}
         if isinstance(self.target_modules, str) and self.target_modules != "auto":
@@ -80,8 +90,8 @@ class LoraConfig(PretrainedConfig):
         """Raise `ValueError` naming the field, the value and what is allowed."""
         if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r <= 0:
             raise ValueError(f"`r` must be a positive integer, got {self.r!r}.")
-        if isinstance(self.lora_alpha, bool) or not isinstance(self.lora_alpha, (int, float)) or not self.lora_alpha > 0:
-            raise ValueError(f"`lora_alpha` must be a positive number, got {self.lora_alpha!r}.")
+        if isinstance(self.lora_alpha, bool) or not isinstance(self.lora_alpha, (int, float)) or not 0 < self.lora_alpha < math.inf:
+            raise ValueError(f"`lora_alpha` must be a positive finite number, got {self.lora_alpha!r}.")
         if isinstance(self.lora_dropout, bool) or not isinstance(self.lora_dropout, (int, float)) or not 0 <= self.lora_dropout < 1:
             raise ValueError(f"`lora_dropout` must be a number in [0, 1), got {self.lora_dropout!r}.")
         if not isinstance(self.use_rslora, bool):
@@ -90,6 +100,17 @@ class LoraConfig(PretrainedConfig):
             raise ValueError(f"`init_lora_weights` must be one of {list(INIT_CHOICES)}, got {self.init_lora_weights!r}.")
         self._validate_target_modules()
         self._validate_phase_trainable()
+        if not isinstance(self.trained_groups, list):
+            raise ValueError(f"`trained_groups` must be a list of groups from {list(GROUPS)} or 're:<regex>', got {self.trained_groups!r}.")
+        for group in self.trained_groups:
+            check_group(group, "trained_groups")
+        for owner, name in ((self, "dtype"), (self.backbone_config, "backbone_config.dtype")):
+            dtype = getattr(owner, "dtype", None)
+            if dtype is not None and not isinstance(dtype, (torch.dtype, dict)):  # a str was already turned into torch.<name>
+                raise ValueError(f"`{name}` must be a torch dtype name such as 'float32' or 'bfloat16', got {dtype!r}.")
+        for name in ("base_model_name_or_path", "base_fingerprint"):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
+                raise ValueError(f"`{name}` must be a string or null, got {getattr(self, name)!r}.")
         if self.backbone_config is not None and not isinstance(self.backbone_config, PretrainedConfig):
             raise ValueError(f"`backbone_config` must be a config or a dict with `model_type`, got {type(self.backbone_config).__name__}.")
         if self.backbone_config is not None and self.backbone_config.model_type == self.model_type:
@@ -122,6 +143,25 @@ class LoraConfig(PretrainedConfig):
             for group in groups:
                 check_group(group, f"phase_trainable[{phase!r}]")
 
+    @classmethod
+    def from_dict(cls, config_dict, **kwargs) -> "LoraConfig":
+        if not isinstance(config_dict, dict):
+            raise ValueError(f"A LoraConfig is built from a JSON object of fields, got {type(config_dict).__name__} {_short(config_dict)}.")
+        model_type = config_dict.get("model_type", cls.model_type)
+        if model_type != cls.model_type:
+            raise ValueError(
+                f"The config has `model_type` {_short(model_type)}, not 'lora': it belongs to a base model, not a lora_hf "
+                "model. Wrap the base with `LoraFor<Task>.from_base_model(...)`."
+            )
+        return super().from_dict(config_dict, **kwargs)
+
+    @classmethod
+    def _dict_from_json_file(cls, json_file) -> dict:
+        config_dict = super()._dict_from_json_file(json_file)
+        if not isinstance(config_dict, dict):
+            raise OSError(f"{json_file} holds a JSON {type(config_dict).__name__}, not an object of config fields.")
+        return config_dict
+
     def get_text_config(self, *args, **kwargs) -> PretrainedConfig:
         # Generation, pipelines and DeepSpeed's "auto" sizes read the text model's config.
         if self.backbone_config is None:
@@ -132,6 +172,35 @@ class LoraConfig(PretrainedConfig):
         output = super().to_dict()
         output.pop("scaling", None)
         return output
+
+
+def _backbone_from_dict(backbone: Any) -> Any:
+    """Build the base model's config from its dict (as saved in config.json), refusing what cannot be one."""
+    if backbone is None or isinstance(backbone, PretrainedConfig):
+        return backbone
+    if not isinstance(backbone, dict):
+        raise ValueError(f"`backbone_config` must be a config or a dict with `model_type`, got {type(backbone).__name__} {_short(backbone)}.")
+    model_type = backbone.get("model_type")
+    if model_type == LoraConfig.model_type:
+        raise ValueError("`backbone_config` must be the base model's config, got another `lora` config.")
+    if not isinstance(model_type, str) or model_type not in CONFIG_MAPPING:
+        raise ValueError(f"`backbone_config.model_type` must name a transformers model type (bert, gpt2, ...), got {_short(model_type)}.")
+    try:
+        return CONFIG_MAPPING[model_type].from_dict(backbone)
+    except Exception as err:  # strict-dataclass validation, TypeError, ... from the base's config class
+        raise ValueError(f"`backbone_config` is not a valid {model_type!r} config: {type(err).__name__}: {_short(err)}") from None
+
+
+def _check_labels(id2label: Any, num_labels: Any) -> None:
+    if id2label is not None and not (isinstance(id2label, dict) and all(re.fullmatch(r"-?\d+", str(k)) for k in id2label)):
+        raise ValueError(f"`id2label` must map label ids (integers) to names, got {_short(id2label)}.")
+    if num_labels is not None and (isinstance(num_labels, bool) or not isinstance(num_labels, int) or num_labels < 1):
+        raise ValueError(f"`num_labels` must be a positive integer, got {_short(num_labels)}.")
+
+
+def _short(value: Any, limit: int = 200) -> str:
+    text = " ".join(str(value).split()) if isinstance(value, BaseException) else repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def check_group(group: Any, field: str) -> None:
