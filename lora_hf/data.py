@@ -157,18 +157,23 @@ def vader_task(cache: Path | None = None) -> tuple:
 
 # ----- user data ---------------------------------------------------------------------------
 def _load_files(files: dict, flag: str) -> DatasetDict:
-    suffixes = {_LOADERS[Path(p).suffix.lower()] for p in files.values()}
+    paths = [p for value in files.values() for p in (value if isinstance(value, list) else [value])]  # --pretrain_files: a list
+    suffixes = {_LOADERS[Path(p).suffix.lower()] for p in paths}
     if len(suffixes) != 1:
         raise DataError(f"`{flag}` files must share one format, got {sorted(suffixes)}.")
     loader = suffixes.pop()
-    kwargs = {"delimiter": "\t"} if loader == "csv" and all(p.lower().endswith(".tsv") for p in files.values()) else {}
-    try:
-        return load_dataset(loader, data_files=files, **kwargs)
-    except Exception as err:  # datasets wraps parser errors in many types
-        empty = re.search(r'Instruction "(\w+)" corresponds to no data', str(err))
-        if empty:
-            raise DataError(f"Split {empty.group(1)!r} is empty: {files.get(empty.group(1))} holds no rows.") from None
-        raise DataError(f"Could not read {sorted(files.values())} as {loader}: {type(err).__name__}: {str(err)[:300]}") from None
+    kwargs = {"delimiter": "\t"} if loader == "csv" and all(p.lower().endswith(".tsv") for p in paths) else {}
+    data = DatasetDict()
+    # One split at a time: splits whose columns differ are then reported by the column check, split by split.
+    for split, path in files.items():
+        try:
+            data[split] = load_dataset(loader, data_files={split: path}, **kwargs)[split]
+        except Exception as err:  # datasets wraps parser errors in many types
+            if re.search(r'Instruction "(\w+)" corresponds to no data', str(err)):
+                raise DataError(f"Split {split!r} is empty: {path} holds no rows.") from None
+            reason = " ".join(str(err).split())[:300]
+            raise DataError(f"Could not read {path} as {loader}: {type(err).__name__}: {reason}") from None
+    return data
 
 
 def load_task_data(args: DataArguments) -> DatasetDict:
@@ -275,6 +280,9 @@ def label_list(data: DatasetDict, column: str) -> list:
 
 def check_labels(data: DatasetDict, column: str, task: str, labels: list | None) -> None:
     """Refuse labels outside the training label set, and regression labels that are not numbers."""
+    # Class ids (ints) when the training split's labels are a ClassLabel, whatever the other splits hold.
+    train_feature = data["train"].features.get(column) if "train" in data else None
+    class_ids = isinstance(train_feature, ClassLabel) or isinstance(getattr(train_feature, "feature", None), ClassLabel)
     for split, ds in data.items():
         if column not in ds.column_names:
             continue
@@ -290,7 +298,7 @@ def check_labels(data: DatasetDict, column: str, task: str, labels: list | None)
                 items = value if isinstance(value, list) else [value]
                 for item in items:
                     key = item if isinstance(item, (int, bool)) or labels is None else str(item)
-                    if isinstance(ds.features[column], ClassLabel) or isinstance(getattr(ds.features[column], "feature", None), ClassLabel):
+                    if class_ids:
                         ok = isinstance(item, int) and 0 <= item < len(labels)
                     else:
                         ok = key in labels
