@@ -4,6 +4,7 @@
 """LoRA models: `PreTrainedModel`s that wrap a `transformers` backbone with LoRA layers."""
 
 import copy
+import glob
 import hashlib
 import os
 import re
@@ -322,14 +323,13 @@ class LoraPreTrainedModel(PreTrainedModel):
             keep = set(self.adapter_state_keys())
         tensors = {k: v.detach().contiguous() for k, v in full_state.items() if k in keep}
         metadata = {"format": "pt", "lora_hf_format": "full" if save_base else "adapter", "base_prefix": self._base_prefix()}
-        _atomic_write(Path(save_directory) / WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata=metadata))
-
+        files = [(WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata=metadata))]
         here = Path(__file__).parent
-        for name in CODE_FILES:
-            _atomic_write(Path(save_directory) / name, lambda tmp, src=here / name: shutil.copyfile(src, tmp))
+        files += [(name, lambda tmp, src=here / name: shutil.copyfile(src, tmp)) for name in CODE_FILES]
         self.config.architectures = [type(self).__name__]
         self.config.auto_map = _auto_map()
-        _atomic_write(Path(save_directory) / CONFIG_NAME, lambda tmp: self.config.to_json_file(tmp, use_diff=True))
+        files.append((CONFIG_NAME, lambda tmp: self.config.to_json_file(tmp, use_diff=True)))
+        _atomic_write_all(Path(save_directory), files)  # weights first, config last
         if push_to_hub:
             raise ValueError("`push_to_hub=True` in `save_pretrained`: call `model.push_to_hub(repo_id)` instead.")
 
@@ -451,6 +451,7 @@ class LoraPreTrainedModel(PreTrainedModel):
             raise ValueError(f"{cls.__name__}.from_pretrained got unknown arguments: {sorted(kwargs)}.")
 
         if config is None:
+            _check_local_path(pretrained_model_name_or_path)
             config = LoraConfig.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
         elif getattr(config, "model_type", None) != LoraConfig.model_type:
             raise ValueError(f"`config` must be a LoraConfig (model_type 'lora'), got {type(config).__name__} (model_type {config.model_type!r}).")
@@ -462,6 +463,10 @@ class LoraPreTrainedModel(PreTrainedModel):
         _apply_label_overrides(config, overrides)
         weights_path = _resolve_file(pretrained_model_name_or_path, WEIGHTS_NAME, hub_kwargs)
         state, metadata = _read_safetensors(weights_path)
+        if metadata.get("lora_hf_format", "adapter") not in ("adapter", "full"):
+            raise ValueError(
+                f"{weights_path} has `lora_hf_format` {metadata['lora_hf_format']!r} in its metadata; lora_hf writes 'adapter' or 'full'."
+            )
 
         if metadata.get("lora_hf_format") == "full":
             model = cls(config)
@@ -488,6 +493,12 @@ class LoraPreTrainedModel(PreTrainedModel):
             raise OSError(
                 f"Could not load the base model {base!r} that the adapters in {str(pretrained_model_name_or_path)!r} "
                 f"were trained on ({err}). Point to a local copy with `base_model_name_or_path=\"/path/to/base\"`."
+            ) from None
+        except RuntimeError as err:  # transformers refuses base tensors whose shapes differ from the saved backbone config
+            raise ValueError(
+                f"The base model {base!r} does not fit the adapters in {str(pretrained_model_name_or_path)!r}: its tensor "
+                f"shapes differ from those of the base they were trained on{_size_differences(base, config.backbone_config, hub_kwargs)} "
+                f"({str(err).splitlines()[0]}). Load the base they were trained on; `ignore_base_mismatch` cannot bridge shapes."
             ) from None
         finally:
             logging.set_verbosity(verbosity)
@@ -521,7 +532,7 @@ class LoraPreTrainedModel(PreTrainedModel):
             return "head", rest
 
         own_by_canonical = {split(k, own_prefix): k for k in own}
-        loaded, dropped, unexpected, mismatched = set(), [], [], []
+        loaded, dropped, unexpected, mismatched, non_finite = set(), [], [], [], []
         for key, tensor in state.items():
             canonical = split(key, saved_prefix)
             target = own_by_canonical.get(canonical)
@@ -531,12 +542,23 @@ class LoraPreTrainedModel(PreTrainedModel):
             if tuple(own[target].shape) != tuple(tensor.shape):
                 mismatched.append(f"{key}: saved {tuple(tensor.shape)}, model {tuple(own[target].shape)}")
                 continue
+            if own[target].is_floating_point() != tensor.is_floating_point():
+                mismatched.append(f"{key}: saved dtype {tensor.dtype}, model {own[target].dtype}")
+                continue
+            if isinstance(own[target], nn.Parameter) and tensor.is_floating_point() and not torch.isfinite(tensor).all():
+                non_finite.append(key)
             loaded.add(target)
         if unexpected or mismatched:
             raise ValueError(
                 f"The checkpoint does not fit {type(self).__name__}: "
                 + (f"unexpected tensors {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}; " if unexpected else "")
-                + (f"shape mismatches {mismatched[:8]}" if mismatched else "")
+                + (f"shape/dtype mismatches {mismatched[:8]}{' ...' if len(mismatched) > 8 else ''}; " if mismatched else "")
+                + "the tensors must match config.json (r, target_modules, num_labels) and the base model's shapes."
+            )
+        if non_finite:
+            raise ValueError(
+                f"The checkpoint holds NaN/Inf values in {non_finite[:8]}{' ...' if len(non_finite) > 8 else ''}: the run "
+                "that saved it diverged. Load an earlier checkpoint."
             )
         if strict_full:
             required = set(own)
@@ -664,6 +686,32 @@ def _auto_map() -> dict:
 
 def _atomic_write(path: Path, write) -> None:
     """Write through `write(tmp_path)` then rename: readers see the old file or the new one, never half."""
+    _atomic_write_all(path.parent, [(path.name, write)])
+
+
+def _atomic_write_all(directory: Path, files: list) -> None:
+    """Write each `(name, write)` through `write(tmp_path)`, then rename them all, in order.
+
+    Nothing is renamed before every file is written, so a failed write (disk full) leaves all the
+    previous files as they were; each rename is atomic, so readers never see half a file. Temporary
+    files that a killed save left behind are removed first.
+    """
+    for name, _ in files:
+        for stale in directory.glob(f".{glob.escape(name)}.*.tmp"):
+            stale.unlink(missing_ok=True)
+    staged = []
+    try:
+        for name, write in files:
+            staged.append((_write_temp(directory / name, write), directory / name))
+    except BaseException:
+        for tmp, _ in staged:
+            os.unlink(tmp)
+        raise
+    for tmp, path in staged:
+        os.replace(tmp, path)
+
+
+def _write_temp(path: Path, write) -> str:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
@@ -673,11 +721,22 @@ def _atomic_write(path: Path, write) -> None:
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         if os.path.exists(tmp):
             os.unlink(tmp)
-        raise
+        # safetensors reports a failed write (disk full, quota) as SafetensorError "... (os error 28)".
+        code = err.errno if isinstance(err, OSError) else _os_error_code(err)
+        if code is None:
+            raise
+        raise OSError(
+            code, f"Could not write {path.name} in {str(path.parent)!r} ({os.strerror(code)}); the files already there are unchanged"
+        ) from None
+    return tmp
+
+
+def _os_error_code(err: BaseException) -> int | None:
+    found = re.search(r"os error (\d+)", str(err))
+    return int(found.group(1)) if found and isinstance(err, Exception) else None
 
 
 def _resolve_file(name_or_path, filename: str, hub_kwargs: dict) -> str:
@@ -690,6 +749,30 @@ def _resolve_file(name_or_path, filename: str, hub_kwargs: dict) -> str:
     from huggingface_hub import hf_hub_download  # a dependency of transformers
 
     return hf_hub_download(str(name_or_path), filename, **hub_kwargs)
+
+
+def _check_local_path(name_or_path) -> None:
+    text = str(name_or_path)
+    looks_local = isinstance(name_or_path, os.PathLike) or text.startswith(("/", ".", "~")) or text.count("/") > 1
+    if looks_local and not os.path.exists(text):
+        raise OSError(f"{text!r} does not exist; pass a directory written by `save_pretrained` or a Hub repo id ('user/name').")
+
+
+def _size_differences(base, saved_config, hub_kwargs: dict) -> str:
+    """`" (hidden_size 64, trained on 32)"`: the integer config fields where `base` differs from the saved backbone."""
+    from transformers import AutoConfig
+
+    try:
+        own = AutoConfig.from_pretrained(base, **_base_hub_kwargs(hub_kwargs)).to_dict()
+    except (OSError, ValueError):
+        return ""
+    saved = saved_config.to_dict()
+    diffs = [
+        f"{k} {v}, trained on {saved[k]}"
+        for k, v in sorted(own.items())
+        if isinstance(v, int) and not isinstance(v, bool) and isinstance(saved.get(k), int) and saved[k] != v
+    ]
+    return f" ({'; '.join(diffs[:6])})" if diffs else ""
 
 
 def _base_hub_kwargs(hub_kwargs: dict) -> dict:
