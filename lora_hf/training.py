@@ -11,11 +11,16 @@ Example:
     >>> main(["--output_dir", "runs/demo"])  # MiniLM + VADER, the default task
 """
 
+import contextlib
 import dataclasses
+import difflib
+import hashlib
 import importlib.util
 import json
 import math
 import os
+import pickle
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -39,7 +44,6 @@ from transformers import (
     set_seed,
 )
 from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
-from transformers.trainer_utils import get_last_checkpoint
 from transformers.utils import logging
 
 from .configuration_lora import LoraConfig
@@ -148,6 +152,12 @@ class LoraTrainingArguments(TrainingArguments):
     report_to: list[str] = field(default_factory=lambda: ["none"], metadata={"help": "Integrations to report to (none, tensorboard, wandb, ...)."})
     seed: int = field(default=42, metadata={"help": "Random seed (data order, init)."})
 
+    def __post_init__(self):
+        # TrainingArguments would fall back to ./trainer_output: a forgotten flag must not start a long run there.
+        if self.output_dir is None:
+            raise DataError("`--output_dir` is required: both phases write their checkpoints and the final model there.")
+        super().__post_init__()
+
 
 def _phase_args(args: TrainingArguments, output_dir: Path, **overrides) -> TrainingArguments:
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(args) if f.init}
@@ -227,6 +237,22 @@ def _align_token_labels(batch, tokenizer, data_args, label_to_id, has_labels):
     return enc
 
 
+class _ContentSeededMLMCollator(DataCollatorForLanguageModeling):
+    """Masks each batch with a generator seeded from the run's seed and the batch's token ids.
+
+    The Trainer collates the first batch after `--resume_from_checkpoint` before it restores the RNG
+    state, so masking drawn from the global RNG would make a resumed run drift from an uninterrupted
+    one. Content-seeded masks do not depend on RNG state; batches differ every epoch, so masks do too.
+    """
+
+    mask_seed = 0
+
+    def torch_mask_tokens(self, inputs, special_tokens_mask=None, offset_mapping=None):
+        digest = hashlib.sha256(self.mask_seed.to_bytes(8, "little", signed=True) + inputs.numpy().tobytes()).digest()
+        self.generator = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little"))
+        return super().torch_mask_tokens(inputs, special_tokens_mask, offset_mapping)
+
+
 # ----- metrics --------------------------------------------------------------------------------
 def _compute_metrics_fn(task: str, num_labels: int):
     if task == "classification":
@@ -298,13 +324,37 @@ def plot_loss_curves(histories: dict, path: Path) -> None:
 
 # ----- the run --------------------------------------------------------------------------------
 def _resume_point(args: TrainingArguments, phase_dir: Path):
-    """What `--resume_from_checkpoint` means for one phase: a checkpoint path inside it, its last checkpoint, or none."""
+    """What `--resume_from_checkpoint` means for one phase: a checkpoint path inside it, its last complete checkpoint, or none."""
     wanted = args.resume_from_checkpoint
     if not wanted:
         return None
     if wanted not in ("True", "true", "1", "last"):
-        return wanted if Path(wanted).resolve().is_relative_to(phase_dir.resolve()) else None
-    return get_last_checkpoint(str(phase_dir)) if phase_dir.is_dir() else None
+        if not Path(wanted).resolve().is_relative_to(phase_dir.resolve()):
+            return None
+        if not _is_complete_checkpoint(Path(wanted)):
+            raise DataError(
+                f"`--resume_from_checkpoint` {wanted!r} is not a complete checkpoint (it needs model.safetensors and a "
+                "readable trainer_state.json); pass an earlier one, or `true` for the last complete one."
+            )
+        return wanted
+    if not phase_dir.is_dir():
+        return None
+    steps = {int(m.group(1)): p for p in phase_dir.iterdir() if (m := re.fullmatch(r"checkpoint-(\d+)", p.name)) and p.is_dir()}
+    for step in sorted(steps, reverse=True):
+        if _is_complete_checkpoint(steps[step]):
+            return str(steps[step])
+        logger.warning(f"Skipping {steps[step]}: incomplete, the run stopped while writing it. Its steps are trained again.")
+    return None
+
+
+def _is_complete_checkpoint(path: Path) -> bool:
+    # The Trainer writes trainer_state.json last into a checkpoint: when it parses, everything before it is whole.
+    # Weights must be safetensors: a checkpoint holding only pickled weights is never loaded.
+    try:
+        json.loads((path / "trainer_state.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return (path / "model.safetensors").is_file()
 
 
 def _check_output_dir(model_args: ModelArguments, args: TrainingArguments) -> Path:
@@ -351,6 +401,8 @@ def run_two_phase(
     set_seed(training_args.seed)
 
     # Everything that can be wrong is checked before the first step: config, targets, data, labels.
+    if base.startswith(("/", ".", "~")) and not os.path.isdir(base):
+        raise DataError(f"`--model_name_or_path` {base!r} is not a directory; pass a local model directory or a Hub id ('user/name').")
     backbone_config = AutoConfig.from_pretrained(base)
     encoder = _is_encoder(backbone_config)
     lora_kwargs = lora_args.lora_config_kwargs()
@@ -435,6 +487,7 @@ def _phase_start(base, encoder, full, ran_pretrain, model_args, pretrain_dir, ou
 
 
 def _run_pretrain(base, encoder, lora_kwargs, texts, tokenizer, data_args, training_args, phase_args, phase_dir) -> dict:
+    set_seed(training_args.seed)  # each phase from the seed: a phase restarted on resume builds the same model
     model_class = LoraForMaskedLM if encoder else LoraForCausalLM
     model = model_class.from_base_model(base, **lora_kwargs)
     groups = model.config.phase_trainable["pretrain"]
@@ -460,11 +513,14 @@ def _run_pretrain(base, encoder, lora_kwargs, texts, tokenizer, data_args, train
     if phase_args.pretrain_per_device_train_batch_size is not None:
         overrides["per_device_train_batch_size"] = phase_args.pretrain_per_device_train_batch_size
     args = _phase_args(training_args, phase_dir, **overrides)
-    collator = DataCollatorForLanguageModeling(tokenizer, mlm=encoder, mlm_probability=data_args.mlm_probability, pad_to_multiple_of=8)
+    collator = _ContentSeededMLMCollator(tokenizer, mlm=encoder, mlm_probability=data_args.mlm_probability, pad_to_multiple_of=8)
+    collator.mask_seed = args.seed
     return _train_phase(model, args, train, evals, None, collator, tokenizer, phase_dir, training_args)
 
 
 def _run_finetune(start, task, labels, lora_kwargs, task_data, tokenizer, data_args, training_args, phase_dir, full) -> dict:
+    # Seeded here, not only at the start: when phase 1 is skipped on resume, the new head must start as it did before.
+    set_seed(training_args.seed)
     label_kwargs = {}
     if task == "regression":
         label_kwargs = {"num_labels": 1, "problem_type": "regression"}
@@ -509,12 +565,19 @@ def _run_finetune(start, task, labels, lora_kwargs, task_data, tokenizer, data_a
 def _train_phase(model, args, train, evals, test, collator, tokenizer, phase_dir, top_args, compute_metrics=None) -> dict:
     if evals is None and args.eval_strategy != "no":
         args = _phase_args(args, phase_dir, eval_strategy="no", load_best_model_at_end=False)
-    trainer = Trainer(
+    trainer = _Trainer(
         model=model, args=args, train_dataset=train, eval_dataset=evals, data_collator=collator,
         processing_class=tokenizer, compute_metrics=compute_metrics,
     )
     started = time.perf_counter()
-    train_result = trainer.train(resume_from_checkpoint=_resume_point(top_args, phase_dir))
+    resume = _resume_point(top_args, phase_dir)
+    try:
+        train_result = trainer.train(resume_from_checkpoint=resume)
+    except pickle.UnpicklingError as err:  # torch.load(weights_only=True) met a pickle that is more than tensors
+        raise DataError(
+            f"Refusing to resume from {resume}: it holds a pickle that is not plain tensors ({str(err).splitlines()[0]}). "
+            "Resume only from checkpoints this run wrote."
+        ) from None
     metrics = {f"train_{k}" if not k.startswith("train_") else k: v for k, v in train_result.metrics.items()}
     metrics["train_wall_seconds"] = time.perf_counter() - started
     language_model = compute_metrics is None
@@ -525,13 +588,34 @@ def _train_phase(model, args, train, evals, test, collator, tokenizer, phase_dir
     trainable, total = _count_params(model)
     done = {"metrics": metrics, "log_history": trainer.state.log_history, "trainable_params": trainable, "total_params": total}
     if trainer.is_world_process_zero():
-        trainer.save_model(str(phase_dir))
-        trainer.save_state()
-        trainer.save_metrics("all", metrics, combined=False)
-        plot_loss_curves({phase_dir.name: trainer.state.log_history}, phase_dir / "loss_curve.png")
-        _write_json(phase_dir / PHASE_DONE, done)  # written last: marks the phase complete for --resume_from_checkpoint
+        with _write_errors(f"the {phase_dir.name} model to {str(phase_dir)!r}"):
+            trainer.save_model(str(phase_dir))
+            trainer.save_state()
+            trainer.save_metrics("all", metrics, combined=False)
+            plot_loss_curves({phase_dir.name: trainer.state.log_history}, phase_dir / "loss_curve.png")
+            _write_json(phase_dir / PHASE_DONE, done)  # written last: marks the phase complete for --resume_from_checkpoint
     trainer.accelerator.wait_for_everyone()
     return done
+
+
+class _Trainer(Trainer):
+    """The `Trainer`, with checkpoint writes that fail as one `OSError` saying what is left."""
+
+    def _save_checkpoint(self, model, trial) -> None:
+        with _write_errors(f"checkpoint-{self.state.global_step} in {self.args.output_dir!r}"):
+            super()._save_checkpoint(model, trial)
+
+
+@contextlib.contextmanager
+def _write_errors(what: str):
+    try:
+        yield
+    except (OSError, RuntimeError) as err:  # torch.save reports a full disk as RuntimeError("... unexpected pos ...")
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise OSError(
+            f"Writing {what} failed ({reason}); the checkpoints written before are intact and `--resume_from_checkpoint "
+            "true` continues from the last complete one."
+        ) from None
 
 
 def _count_params(model) -> tuple:
@@ -590,6 +674,12 @@ def parse_args(argv: list | None = None) -> tuple:
         return parser.parse_json_file(argv[0])
     if len(argv) == 1 and argv[0].endswith((".yaml", ".yml")):
         return parser.parse_yaml_file(argv[0])
+    _, unknown = parser.parse_known_args(argv)  # before the dataclasses check their values: a typo is the likelier cause
+    if unknown:
+        options = [o for o in parser._option_string_actions if o.startswith("--")]
+        hints = {u: difflib.get_close_matches(u.split("=")[0], options, n=2) for u in unknown if u.startswith("-")}
+        hint = "; ".join(f"{u}: did you mean {' or '.join(m)}?" for u, m in hints.items() if m)
+        raise DataError(f"unknown arguments {unknown}{' (' + hint + ')' if hint else ''}; `lora-hf train --help` lists the options.")
     return parser.parse_args_into_dataclasses(argv)
 
 
