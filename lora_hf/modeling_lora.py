@@ -4,7 +4,6 @@
 """LoRA models: `PreTrainedModel`s that wrap a `transformers` backbone with LoRA layers."""
 
 import copy
-import glob
 import hashlib
 import os
 import re
@@ -690,48 +689,56 @@ def _atomic_write(path: Path, write) -> None:
 
 
 def _atomic_write_all(directory: Path, files: list) -> None:
-    """Write each `(name, write)` through `write(tmp_path)`, then rename them all, in order.
+    """Write each `(name, write)` through `write(staged_path)`, then rename them all into `directory`, in order.
 
     Nothing is renamed before every file is written, so a failed write (disk full) leaves all the
-    previous files as they were; each rename is atomic, so readers never see half a file. Temporary
-    files that a killed save left behind are removed first.
+    previous files as they were; each rename is atomic, so readers never see half a file. Files are
+    staged in a private `.lora_hf-save-<pid>-*` folder (safetensors adds its own temporary file
+    beside its target); the folders of saves whose process died are removed first.
     """
-    for name, _ in files:
-        for stale in directory.glob(f".{glob.escape(name)}.*.tmp"):
-            stale.unlink(missing_ok=True)
-    staged = []
+    for stale in directory.glob(".lora_hf-save-*"):
+        if not _pid_alive(stale.name.split("-")[2]):
+            shutil.rmtree(stale, ignore_errors=True)
+    staging = Path(tempfile.mkdtemp(dir=directory, prefix=f".lora_hf-save-{os.getpid()}-"))
     try:
         for name, write in files:
-            staged.append((_write_temp(directory / name, write), directory / name))
-    except BaseException:
-        for tmp, _ in staged:
-            os.unlink(tmp)
-        raise
-    for tmp, path in staged:
-        os.replace(tmp, path)
+            _write_staged(staging / name, write, directory)
+        for i, (name, _) in enumerate(files):
+            try:
+                os.replace(staging / name, directory / name)
+            except OSError as err:
+                done = ", ".join(n for n, _ in files[:i]) or "nothing"
+                raise OSError(err.errno, f"Could not rename the new {name} into {str(directory)!r} ({err.strerror or err}); replaced so far: {done}") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
-def _write_temp(path: Path, write) -> str:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+def _pid_alive(pid: str) -> bool:
     try:
-        write(tmp)
-        with open(tmp, "rb") as f:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    return True
+
+
+def _write_staged(path: Path, write, directory: Path) -> None:
+    try:
+        write(str(path))
+        with open(path, "rb") as f:
             os.fsync(f.fileno())
         umask = os.umask(0)
         os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
-    except BaseException as err:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        os.chmod(path, 0o666 & ~umask)  # temporary files are created 0600; give the file the usual permissions
+    except Exception as err:
         # safetensors reports a failed write (disk full, quota) as SafetensorError "... (os error 28)".
         code = err.errno if isinstance(err, OSError) else _os_error_code(err)
         if code is None:
             raise
         raise OSError(
-            code, f"Could not write {path.name} in {str(path.parent)!r} ({os.strerror(code)}); the files already there are unchanged"
+            code, f"Could not write {path.name} in {str(directory)!r} ({os.strerror(code)}); the files already there are unchanged"
         ) from None
-    return tmp
 
 
 def _os_error_code(err: BaseException) -> int | None:
