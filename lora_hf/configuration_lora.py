@@ -108,6 +108,9 @@ class LoraConfig(PretrainedConfig):
             dtype = getattr(owner, "dtype", None)
             if dtype is not None and not isinstance(dtype, (torch.dtype, dict)):  # a str was already turned into torch.<name>
                 raise ValueError(f"`{name}` must be a torch dtype name such as 'float32' or 'bfloat16', got {dtype!r}.")
+        architectures = self.architectures
+        if architectures is not None and not (isinstance(architectures, list) and all(isinstance(a, str) for a in architectures)):
+            raise ValueError(f"`architectures` must be a list of model class names, got {_short(architectures)}.")
         for name in ("base_model_name_or_path", "base_fingerprint"):
             if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
                 raise ValueError(f"`{name}` must be a string or null, got {getattr(self, name)!r}.")
