@@ -574,9 +574,11 @@ def _train_phase(model, args, train, evals, test, collator, tokenizer, phase_dir
     try:
         train_result = trainer.train(resume_from_checkpoint=resume)
     except pickle.UnpicklingError as err:  # torch.load(weights_only=True) met a pickle that is more than tensors
+        found = re.search(r"GLOBAL (\S+)", str(err))
+        what = f"calls {found.group(1)}" if found else "holds more than tensors"
         raise DataError(
-            f"Refusing to resume from {resume}: it holds a pickle that is not plain tensors ({str(err).splitlines()[0]}). "
-            "Resume only from checkpoints this run wrote."
+            f"Refusing to resume from {resume}: a pickle there (optimizer.pt, scheduler.pt or rng_state.pth) {what}, which "
+            "torch's weights_only loader does not run. Resume only from checkpoints this run wrote."
         ) from None
     metrics = {f"train_{k}" if not k.startswith("train_") else k: v for k, v in train_result.metrics.items()}
     metrics["train_wall_seconds"] = time.perf_counter() - started
