@@ -346,7 +346,7 @@ CLI_CASES = [
     ("base-missing", lambda env: ["train", "--model_name_or_path", str(env["root"] / "nope"), "--output_dir", str(fresh(env, "o"))],
      ("`--model_name_or_path`", "nope", "is not a directory")),
     ("not-an-int", lambda env: ["train", "--r", "x"], ("argument --r: invalid int value: 'x'",)),
-    ("unknown-command", lambda env: ["bogus"], ("unknown command 'bogus'", "['train']")),
+    ("unknown-command", lambda env: ["bogus"], ("unknown command 'bogus'", "'train'")),
 ]
 
 
