@@ -589,6 +589,44 @@ class LoraPreTrainedModel(PreTrainedModel):
         # Re-apply the phase: loading replaced no Parameter, but keep requires_grad explicit.
         self._apply_phase(self.active_phase)
 
+    # ----- Hub and PEFT: thin doors into lora_hf.hub / lora_hf.peft_interop ----------------------
+    @staticmethod
+    def _lora_hf_module(name: str):
+        # Imported by name when called: those modules do not travel with the model, and transformers
+        # tries to fetch every `from .x import` of a travelling file when it loads remote code.
+        import importlib
+
+        try:
+            return importlib.import_module(f"lora_hf.{name}")
+        except ImportError:
+            raise ImportError(f"This needs the lora_hf package (`pip install lora_hf`); `lora_hf.{name}` cannot be imported here.") from None
+
+    def push_to_hub(self, repo_id: str, private: bool | None = None, token: str | None = None, commit_message: str | None = None, **kwargs):
+        """Upload config, weights, the modelling code and a model card to `repo_id` in one commit (see `lora_hf.hub.push_to_hub`).
+
+        Example:
+            >>> model.push_to_hub("me/minilm-vader-lora", private=True)
+        """
+        hub = self._lora_hf_module("hub")
+        return hub.push_to_hub(self, repo_id, private=private, token=token, commit_message=commit_message, **kwargs)
+
+    def save_peft_adapter(self, save_directory, base_model_name_or_path: str | None = None):
+        """Write the adapters in PEFT's format: `peft.PeftModel.from_pretrained(base, save_directory)` gives the same outputs.
+
+        Example:
+            >>> model.save_peft_adapter("peft-adapter")
+        """
+        return self._lora_hf_module("peft_interop").save_peft_adapter(self, save_directory, base_model_name_or_path)
+
+    @classmethod
+    def from_peft_adapter(cls, peft_dir, base_model_name_or_path: str | None = None, **kwargs) -> "LoraPreTrainedModel":
+        """Build this class from a PEFT LoRA adapter directory on its base model (`kwargs` go to `from_base_model`).
+
+        Example:
+            >>> model = LoraForSequenceClassification.from_peft_adapter("peft-adapter")
+        """
+        return cls._lora_hf_module("peft_interop").load_peft_adapter(cls, peft_dir, base_model_name_or_path, **kwargs)
+
 
 class LoraModel(LoraPreTrainedModel):
     """LoRA on the bare base model (`AutoModel`): returns hidden states.

@@ -1,0 +1,121 @@
+"""What a directory written by `save_pretrained` holds, for the commands that read one (card, push, merge, export-peft).
+
+Each check fails with one `ValueError`/`OSError` line naming the directory and what is wrong with it,
+so the commands can print it as their one-line reason.
+"""
+
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from .configuration_lora import LoraConfig
+from .modeling_lora import CODE_FILES, CONFIG_NAME, WEIGHTS_NAME
+
+__all__ = ["TOKENIZER_FILES", "check_model_dir", "model_class", "load_model_dir", "tokenizer_files", "copy_tokenizer_files", "check_output_dir", "run_command"]
+
+# The files `tokenizer.save_pretrained` may write (fast and slow tokenizers of the common families).
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "chat_template.jinja",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "tokenizer.model",
+)
+# lora_hf's head classes, by the name `save_pretrained` records in `config.architectures`.
+HEAD_CLASSES = (
+    "LoraModel",
+    "LoraForCausalLM",
+    "LoraForMaskedLM",
+    "LoraForSequenceClassification",
+    "LoraForTokenClassification",
+    "LoraForQuestionAnswering",
+)
+
+
+def check_model_dir(path) -> LoraConfig:
+    """The `LoraConfig` of the lora_hf model saved in `path`; `OSError`/`ValueError` if it is not one."""
+    path = Path(path)
+    if not path.exists():
+        raise OSError(f"{str(path)!r} does not exist; pass a directory written by `save_pretrained` or `lora-hf train`.")
+    if not path.is_dir():
+        raise OSError(f"{str(path)!r} is a file; pass the directory written by `save_pretrained`.")
+    config_file = path / CONFIG_NAME
+    if not config_file.is_file():
+        raise OSError(f"{str(path)!r} has no {CONFIG_NAME}: it is not a saved model directory.")
+    try:
+        raw = json.loads(config_file.read_text())
+    except (OSError, ValueError) as err:
+        raise OSError(f"{config_file} is not readable JSON ({err}).") from None
+    model_type = raw.get("model_type") if isinstance(raw, dict) else None
+    if model_type != LoraConfig.model_type:
+        hint = " (a PEFT adapter: use `lora-hf import-peft`)" if (path / "adapter_config.json").is_file() else ""
+        raise ValueError(
+            f"{str(path)!r} is not a lora_hf model: its {CONFIG_NAME} has model_type {model_type!r}, not 'lora'{hint}."
+        )
+    if not (path / WEIGHTS_NAME).is_file():
+        raise OSError(f"{str(path)!r} has no {WEIGHTS_NAME}; save the model with `save_pretrained` first.")
+    return LoraConfig.from_pretrained(path)
+
+
+def model_class(config: LoraConfig):
+    """The lora_hf class `config.architectures` names (the class that saved the model)."""
+    from . import modeling_lora
+
+    name = (config.architectures or ["LoraModel"])[0]
+    if name not in HEAD_CLASSES:
+        raise ValueError(f"`architectures` names {name!r}, not one of lora_hf's classes {list(HEAD_CLASSES)}.")
+    return getattr(modeling_lora, name)
+
+
+def load_model_dir(path, base_model_name_or_path: str | None = None):
+    """Load the lora_hf model saved in `path` into the class that saved it (adapter-only saves rebuild their base)."""
+    config = check_model_dir(path)
+    return model_class(config).from_pretrained(path, base_model_name_or_path=base_model_name_or_path)
+
+
+def tokenizer_files(path) -> list:
+    """The tokenizer files present in `path`, in `TOKENIZER_FILES` order."""
+    return [name for name in TOKENIZER_FILES if (Path(path) / name).is_file()]
+
+
+def copy_tokenizer_files(source, destination) -> list:
+    """Copy the tokenizer saved beside a model to `destination` as it is (nothing is loaded or run)."""
+    names = tokenizer_files(source)
+    for name in names:
+        shutil.copyfile(Path(source) / name, Path(destination) / name)
+    return names
+
+
+def check_output_dir(out, source=None, overwrite: bool = False) -> Path:
+    """`out` as a `Path`, refusing a file, the source directory itself, or a non-empty directory without `overwrite`.
+
+    Nothing is created: the writer makes the directory once there is something to write.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise OSError(f"The output {str(out)!r} is a file; pass a directory.")
+    if source is not None and out.exists() and Path(source).exists() and os.path.samefile(out, source):
+        raise ValueError(f"The output {str(out)!r} is the input directory; pass a new directory.")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise OSError(f"The output {str(out)!r} is not empty; pass a new directory or --overwrite.")
+    return out
+
+
+def run_command(command: str, parser, argv, action) -> int:
+    """Parse `argv`, run `action(args)`; a `ValueError`/`OSError`/`ImportError` becomes one line on stderr and exit code 2."""
+    args = parser.parse_args(argv)
+    try:
+        action(args)
+    except (ValueError, OSError, ImportError) as err:
+        reason = " ".join(str(err).split()) or type(err).__name__
+        print(f"lora-hf {command}: error: {reason}", file=sys.stderr)
+        return 2
+    return 0
