@@ -395,6 +395,9 @@ def ratios_for(bb: Backbone, train_times: dict, infer_times: dict, load_times: d
         "step lora_hf (dropout p) / floor": entry(paired_ratio(t, "lora_hf_dropout", "floor")),
         "step lora_hf / full_ft": entry(paired_ratio(t, "lora_hf", "full_ft"), 0.65),
         "step peft / floor": entry(paired_ratio(t, "peft", "floor")),
+        # A LoRA can hardly run below the frozen-base floor, so these bound the two ratios above.
+        "step floor / peft (bound on lora_hf / peft)": entry(paired_ratio(t, "floor", "peft")),
+        "step floor / full_ft (bound on lora_hf / full_ft)": entry(paired_ratio(t, "floor", "full_ft")),
         "inference merged / base": entry(paired_ratio(infer_times, "lora_hf_merged", "base"), (1.00, 0.03), "within"),
         "inference unmerged / base": entry(paired_ratio(infer_times, "lora_hf_unmerged", "base")),
         "inference peft unmerged / base": entry(paired_ratio(infer_times, "peft_unmerged", "base")),
@@ -433,12 +436,13 @@ def markdown(report: dict) -> str:
     for name, b in report["backbones"].items():
         spec = b["spec"]
         lines += ["", f"### {name} ({spec['task']}, batch {spec['batch']}, seq {spec['seq']})", "",
-                  "| system | step median (min–max) | tokens/s | peak memory | trainable params |", "|---|---:|---:|---:|---:|"]
+                  "| system | step median (min–max) | tokens/s | peak memory (above the loaded model) | trainable params |",
+                  "|---|---:|---:|---:|---:|"]
         for system, t in b["train"].items():
             s = t["step_s"]
-            mem = b["memory"][system]["peak_bytes"] / 2**20
+            mem, above = b["memory"][system]["peak_bytes"] / 2**20, b["memory"][system]["training_bytes"] / 2**20
             lines.append(f"| {system} | {s['median'] * 1e3:.1f} ms ({s['min'] * 1e3:.1f}–{s['max'] * 1e3:.1f}) | "
-                         f"{t['tokens_per_s']:,.0f} | {mem:,.0f} MiB | {t['trainable_params']:,d} ({100 * t['trainable_params'] / t['total_params']:.2f}%) |")
+                         f"{t['tokens_per_s']:,.0f} | {mem:,.0f} MiB ({above:,.0f}) | {t['trainable_params']:,d} ({100 * t['trainable_params'] / t['total_params']:.2f}%) |")
         lines += ["", "| ratio (same run) | median | min–max | target | met |", "|---|---:|---:|---|---|"]
         for label, r in b["ratios"].items():
             met = {True: "yes", False: "**no**", None: ""}[r["met"]]
