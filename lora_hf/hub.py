@@ -542,15 +542,20 @@ def push_to_hub(model_or_dir, repo_id: str, *, private: bool | None = None, toke
         contents[CARD_NAME] = card_text.encode("utf-8")
 
     api = HfApi(token=token)
-    url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
     operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=data) for name, data in sorted(contents.items())]
-    return api.create_commit(
-        repo_id=getattr(url, "repo_id", None) or repo_id,
-        repo_type="model",
-        operations=operations,
-        commit_message=commit_message or "Upload lora_hf model (config, weights, modelling code, card)",
-        revision=revision,
-    )
+    try:
+        url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        return api.create_commit(
+            repo_id=getattr(url, "repo_id", None) or repo_id,
+            repo_type="model",
+            operations=operations,
+            commit_message=commit_message or "Upload lora_hf model (config, weights, modelling code, card)",
+            revision=revision,
+        )
+    except (OSError, ValueError):  # the Hub's HTTP errors are OSErrors
+        raise
+    except Exception as err:  # the HTTP client's own connection errors are not
+        raise OSError(f"Could not upload to {repo_id!r} ({type(err).__name__}: {err}).") from err
 
 
 def _weights_format(path: Path) -> str:
@@ -582,9 +587,9 @@ def card_main(argv: list | None = None) -> int:
     _dataset_flags(parser)
 
     def action(args):
-        check_model_dir(args.model_dir)
         if args.repo_id:
             _check_repo_id(args.repo_id)
+        check_model_dir(args.model_dir)
         path = write_model_card(args.model_dir, repo_id=args.repo_id, license=args.license, datasets=_datasets(args))
         print(f"Wrote {path}")
 
@@ -611,8 +616,8 @@ def push_main(argv: list | None = None) -> int:
     _dataset_flags(parser)
 
     def action(args):
-        check_model_dir(args.model_dir)
         _check_repo_id(args.repo_id)
+        check_model_dir(args.model_dir)
         info = push_to_hub(args.model_dir, args.repo_id, private=args.private or None, token=args.token,
                            commit_message=args.commit_message, base_model_id=args.base_model_id, revision=args.revision,
                            license=args.license, datasets=_datasets(args))

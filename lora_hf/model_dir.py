@@ -48,6 +48,8 @@ def check_model_dir(path) -> LoraConfig:
     if not path.is_dir():
         raise OSError(f"{str(path)!r} is a file; pass the directory written by `save_pretrained`.")
     config_file = path / CONFIG_NAME
+    if not config_file.is_file() and (path / "adapter_config.json").is_file():
+        raise ValueError(f"{str(path)!r} is not a lora_hf model but a PEFT adapter (adapter_config.json); use `lora-hf import-peft` first.")
     if not config_file.is_file():
         raise OSError(f"{str(path)!r} has no {CONFIG_NAME}: it is not a saved model directory.")
     try:
