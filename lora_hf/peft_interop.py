@@ -137,8 +137,14 @@ def save_peft_adapter(model, save_directory, base_model_name_or_path: str | None
                     "module as both a LoRA target and `modules_to_save`. Export the merged model (`lora-hf merge`) instead."
                 )
             extra_modules.add(owner)
-    modules_to_save = sorted(extra_modules)
-    wrapped = _peft_wrapped_modules(backbone, modules_to_save + list(PEFT_TASK_HEADS.get(task_type, ())))
+    task_heads = list(PEFT_TASK_HEADS.get(task_type, ()))
+    wrapped = _peft_wrapped_modules(backbone, sorted(extra_modules) + task_heads)
+    # A module inside another wrapped one (RoBERTa's classifier.dense inside `classifier`) is saved with its
+    # parent; naming it too would make PEFT wrap it a second time, inside the first wrapper.
+    wrapped = [name for name in wrapped if not any(name.startswith(other + ".") for other in wrapped)]
+    modules_to_save = sorted(extra_modules & set(wrapped))
+    if _peft_wrapped_modules(backbone, modules_to_save + task_heads) != wrapped:
+        raise ValueError(f"PEFT's suffix matching of `modules_to_save` {modules_to_save} would wrap other modules than {wrapped}.")
     for name in wrapped:
         inside = [m for m in lora if m == name or m.startswith(name + ".")]
         if inside:

@@ -106,6 +106,23 @@ def test_trained_embeddings_and_lm_head_go_to_modules_to_save(bases, tmp_path):
     torch.testing.assert_close(out(loaded), out(model.eval()), rtol=0, atol=ATOL)
 
 
+@pytest.mark.parametrize("name, modules_to_save", [("roberta", None), ("distilbert", ["classifier", "pre_classifier"])])
+def test_heads_peft_matches_by_suffix_are_saved_whole_and_once(tmp_path, name, modules_to_save):
+    """PEFT's `classifier` entry also wraps DistilBERT's `pre_classifier`, and wraps RoBERTa's two-layer head as one module."""
+    from transformers import AutoModel, AutoModelForSequenceClassification
+
+    from tiny_backbones import tiny_config
+
+    torch.manual_seed(0)
+    AutoModel.from_config(tiny_config(name)).save_pretrained(tmp_path / "base")
+    model = classifier(str(tmp_path / "base"))
+    model.save_peft_adapter(tmp_path / "peft")
+    assert read_peft_adapter(tmp_path / "peft")[0]["modules_to_save"] == modules_to_save
+    plain = AutoModelForSequenceClassification.from_pretrained(tmp_path / "base", num_labels=3)
+    loaded = peft.PeftModel.from_pretrained(plain, tmp_path / "peft").eval()
+    torch.testing.assert_close(out(loaded), out(model), rtol=0, atol=ATOL)
+
+
 def test_export_refuses_a_trained_weight_inside_a_lora_module(bases, tmp_path):
     model = classifier(bases["bert"], phase_trainable={"finetune": ["lora", "head", "attention"]})
     model.set_phase("finetune")
