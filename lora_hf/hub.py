@@ -511,45 +511,56 @@ def push_to_hub(model_or_dir, repo_id: str, *, private: bool | None = None, toke
             for name in (LOSS_PICTURE, RESULTS_NAME, *tokenizer_files(extras_dir)):
                 if (extras_dir / name).is_file() and name not in sources:
                     sources[name] = extras_dir / name
-        contents = {name: path.read_bytes() for name, path in sources.items()}
-        raw_config = json.loads(contents[CONFIG_NAME])
+        # Files go up from disk (weights can be large); only what is rewritten here is held in memory.
+        uploads = {name: str(path) for name, path in sources.items()}
+        raw_config = json.loads(sources[CONFIG_NAME].read_text())
         if base_model_id is not None:
             raw_config["base_model_name_or_path"] = base_model_id
-            contents[CONFIG_NAME] = (json.dumps(raw_config, indent=2, sort_keys=True) + "\n").encode()
+            uploads[CONFIG_NAME] = (json.dumps(raw_config, indent=2, sort_keys=True) + "\n").encode()
         base = raw_config.get("base_model_name_or_path")
-        with_weights = _weights_format(sources[WEIGHTS_NAME]) == "full"
-        if not with_weights and base and not _looks_like_hub_id(base):
+        if _weights_format(sources[WEIGHTS_NAME]) != "full" and base and not _looks_like_hub_id(base):
             logger.warning(
                 f"The upload holds adapters only and its base `{base}` is a local path: loading it elsewhere needs "
                 "`base_model_name_or_path=` (or push again with `base_model_id=` / `--base_model_id`)."
             )
         existing = extras_dir / CARD_NAME
         if existing.is_file() and GENERATED_MARK not in existing.read_text(encoding="utf-8", errors="replace"):
-            card_text = existing.read_text(encoding="utf-8")  # a person's card: upload it unchanged
+            uploads[CARD_NAME] = existing.read_bytes()  # a person's card: upload it unchanged
         else:
-            card_dir = Path(scratch) / "card"
-            card_dir.mkdir()
-            for name, data in contents.items():
-                (card_dir / name).write_bytes(data)
-            for phase in PHASES:  # the phase folders hold the hyperparameters the card reports
-                if (extras_dir / phase / "trainer_state.json").is_file():
-                    (card_dir / phase).mkdir()
-                    (card_dir / phase / "trainer_state.json").write_bytes((extras_dir / phase / "trainer_state.json").read_bytes())
-            results = json.loads(contents[RESULTS_NAME]) if RESULTS_NAME in contents else None
-            card = build_model_card(card_dir, results, repo_id=repo_id, license=license, datasets=datasets)
+            card = build_model_card(_card_view(Path(scratch) / "card", sources, uploads, extras_dir), repo_id=repo_id,
+                                    license=license, datasets=datasets)
             _validate_online(card)
-            card_text = str(card)
-        contents[CARD_NAME] = card_text.encode("utf-8")
+            uploads[CARD_NAME] = str(card).encode("utf-8")
+        return _commit(repo_id, uploads, private=private, token=token, revision=revision,
+                       commit_message=commit_message or "Upload lora_hf model (config, weights, modelling code, card)")
 
+
+def _card_view(folder: Path, sources: dict, uploads: dict, extras_dir: Path) -> Path:
+    """A folder that looks like the upload (rewritten config included) plus the phase states the card reports."""
+    folder.mkdir()
+    for name, path in sources.items():
+        if isinstance(uploads[name], bytes):
+            (folder / name).write_bytes(uploads[name])
+        else:
+            (folder / name).symlink_to(Path(path).resolve())
+    for phase in PHASES:
+        state = extras_dir / phase / "trainer_state.json"
+        if state.is_file():
+            (folder / phase).mkdir()
+            (folder / phase / "trainer_state.json").symlink_to(state.resolve())
+    return folder
+
+
+def _commit(repo_id: str, uploads: dict, *, private, token, revision, commit_message):
     api = HfApi(token=token)
-    operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=data) for name, data in sorted(contents.items())]
+    operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=data) for name, data in sorted(uploads.items())]
     try:
         url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
         return api.create_commit(
             repo_id=getattr(url, "repo_id", None) or repo_id,
             repo_type="model",
             operations=operations,
-            commit_message=commit_message or "Upload lora_hf model (config, weights, modelling code, card)",
+            commit_message=commit_message,
             revision=revision,
         )
     except (OSError, ValueError):  # the Hub's HTTP errors are OSErrors
