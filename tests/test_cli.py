@@ -37,11 +37,11 @@ def cli(argv, capsys) -> tuple:
     return code, captured.out, captured.err
 
 
-def test_top_level_help_lists_every_subcommand(env):
-    done = subprocess.run([sys.executable, "-m", "lora_hf.cli", "--help"], capture_output=True, text=True, env=env["subprocess_env"], timeout=120)
-    assert done.returncode == 0
+def test_top_level_help_lists_every_subcommand(capsys):
+    code, out, _ = cli(["--help"], capsys)
+    assert code == 0
     for name in ("train", *OURS):
-        assert name in SUBCOMMANDS and f"{name}:" in done.stdout, name
+        assert name in SUBCOMMANDS and f"{name}:" in out, name
 
 
 @pytest.mark.parametrize("command", OURS)
@@ -130,15 +130,11 @@ def test_bad_input_exits_2_with_a_one_line_reason(env, capsys, monkeypatch, make
     assert hub.commits == []
 
 
-@pytest.mark.parametrize("argv, says", [
-    (["merge", "/no/such/dir", "/tmp/x"], "lora-hf merge: error: '/no/such/dir' does not exist"),
-    (["push", ".", "a/b/c"], "lora-hf push: error:"),
-], ids=["merge", "push"])
-def test_the_real_command_line_prints_no_traceback(env, argv, says):
-    done = subprocess.run([sys.executable, "-m", "lora_hf.cli", *argv], capture_output=True, text=True, env=env["subprocess_env"],
-                          timeout=120, cwd=str(env["root"]))
+def test_the_real_command_line_prints_no_traceback(env):
+    done = subprocess.run([sys.executable, "-m", "lora_hf.cli", "merge", "/no/such/dir", "/tmp/x"], capture_output=True, text=True,
+                          env=env["subprocess_env"], timeout=120, cwd=str(env["root"]))
     assert done.returncode == 2
-    assert done.stderr.strip().splitlines()[-1].startswith(says)
+    assert done.stderr.strip().splitlines()[-1].startswith("lora-hf merge: error: '/no/such/dir' does not exist")
     assert "Traceback" not in done.stderr
 
 
