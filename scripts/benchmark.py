@@ -362,7 +362,7 @@ def profile_steps(bb: Backbone, systems: dict, batch: dict, out: Path, device: s
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.startswith("cuda") else [])
     sort = "self_cuda_time_total" if device.startswith("cuda") else "self_cpu_time_total"
     paths = {}
-    for name in ("lora_hf", "peft", "floor", "lora_hf_dropout", "peft_dropout"):
+    for name in TRAIN_SYSTEMS:
         model, optimizer = systems[name]
         model.train()
         with profile(activities=activities) as prof:  # one step: the models are warm by now
