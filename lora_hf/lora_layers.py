@@ -87,7 +87,7 @@ class _LoraLayer(nn.Module):
         nn.Module.__init__(base)
         base.__dict__.update(self._base_attrs)
         base.weight = self.weight
-        if "bias" in self._parameters:
+        if hasattr(self, "bias"):  # None for a bias-free Linear (Llama's projections), still a registered entry
             base.register_parameter("bias", self.bias)
         base.train(self.training)
         return base
