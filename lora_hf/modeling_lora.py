@@ -321,6 +321,12 @@ class LoraPreTrainedModel(PreTrainedModel):
         else:
             keep = set(self.adapter_state_keys())
         tensors = {k: v.detach().contiguous() for k, v in full_state.items() if k in keep}
+        for name, layer in lora_layers(self):
+            # A merged layer's weight holds W + scale * B @ A, and lora_A / lora_B are saved too: save W,
+            # or the loaded (unmerged) model would add the update twice.
+            key = f"{name}.weight"
+            if layer.merged and key in tensors and full_state[key].data_ptr() == layer.weight.data_ptr():
+                tensors[key] = (layer.weight.float() - layer._delta_fp32()).to(layer.weight.dtype).detach()
         metadata = {"format": "pt", "lora_hf_format": "full" if save_base else "adapter", "base_prefix": self._base_prefix()}
         files = [(WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata=metadata))]
         here = Path(__file__).parent
