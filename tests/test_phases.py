@@ -1,0 +1,135 @@
+"""What trains: phases and their parameter groups, parameter counts (PEFT's numbers), tied weights,
+and gradient checkpointing with a frozen backbone."""
+
+import pytest
+import torch
+from safetensors import safe_open
+from transformers import AutoModel
+
+from lora_hf import LoraConfig, LoraForCausalLM, LoraForMaskedLM, LoraForSequenceClassification, LoraModel
+from lora_hf.lora_layers import lora_layers
+from tiny_backbones import ATOL, BACKBONES, DECODERS, inputs, randomize_adapters, tiny_config
+
+
+def trainable_names(model):
+    return {n for n, p in model.named_parameters() if p.requires_grad}
+
+
+def test_phases_train_exactly_their_groups():
+    model = LoraForMaskedLM(LoraConfig(backbone_config=tiny_config("bert"), r=2))
+    lora = {n for n, _ in model.named_parameters() if n.endswith((".lora_A", ".lora_B"))}
+    assert len(lora) == 16
+    assert trainable_names(model) == lora | {n for n, _ in model.named_parameters() if n.startswith("backbone.cls.")}  # finetune at start
+    model.set_phase("pretrain")
+    embeddings = {f"backbone.bert.embeddings.{e}_embeddings.weight" for e in ("word", "position", "token_type")}
+    assert trainable_names(model) == lora | embeddings
+    model.set_phase("finetune")
+    assert trainable_names(model) == lora | {"backbone.cls.predictions.bias", "backbone.cls.predictions.transform.dense.weight",
+                                             "backbone.cls.predictions.transform.dense.bias", "backbone.cls.predictions.transform.LayerNorm.weight",
+                                             "backbone.cls.predictions.transform.LayerNorm.bias"}
+    assert model.active_phase == "finetune" and model.config.trained_groups == ["lora", "embeddings", "head"]
+
+
+def test_custom_phase_groups_and_regexes_select_their_parameters():
+    phases = {"pretrain": ["norm", "bias"], "finetune": ["lora", "re:layer\\.1\\.output\\.dense\\.weight$"]}
+    model = LoraForSequenceClassification(LoraConfig(backbone_config=tiny_config("bert"), r=2, phase_trainable=phases))
+    model.set_phase("pretrain")
+    assert trainable_names(model) and all("LayerNorm" in n or n.endswith(".bias") for n in trainable_names(model))
+    assert any(n.endswith("LayerNorm.weight") for n in trainable_names(model))
+    model.set_phase("finetune")
+    assert {n for n in trainable_names(model) if "lora_" not in n} == {"backbone.bert.encoder.layer.1.output.dense.weight"}
+
+
+def test_an_unknown_phase_is_refused_naming_the_defined_ones():
+    model = LoraForSequenceClassification(LoraConfig(backbone_config=tiny_config("bert"), r=2))
+    with pytest.raises(ValueError, match=r"Unknown phase 'warmup'.*\['pretrain', 'finetune'\]"):
+        model.set_phase("warmup")
+
+
+def test_parameter_groups_split_the_parameters_by_requires_grad():
+    model = LoraForCausalLM(LoraConfig(backbone_config=tiny_config("gpt2"), r=2))
+    model.set_phase("pretrain")
+    groups = model.parameter_groups()
+    assert set(groups) == {"trainable", "fixed"}
+    assert set(groups["trainable"]) == trainable_names(model)
+    assert set(groups["fixed"]) == {n for n, p in model.named_parameters() if not p.requires_grad}
+    assert not set(groups["trainable"]) & set(groups["fixed"])
+    assert "backbone.lm_head.weight" not in groups["trainable"] + groups["fixed"]  # tied to wte: listed once
+
+
+@pytest.mark.parametrize("name", BACKBONES)
+def test_trainable_and_total_counts_equal_peft_s(name):
+    import peft
+
+    torch.manual_seed(0)
+    ours = LoraModel(LoraConfig(backbone_config=tiny_config(name), r=4))
+    ours.set_phase("finetune")  # a bare model has no head: LoRA only
+    targets = "|".join(n.replace(".", "\\.") for n in ours.lora_module_names)
+    theirs = peft.get_peft_model(AutoModel.from_config(tiny_config(name)), peft.LoraConfig(r=4, target_modules=f"^({targets})$", fan_in_fan_out=name == "gpt2"))
+    assert ours.get_nb_trainable_parameters() == theirs.get_nb_trainable_parameters()
+    lora_numel = sum(p.numel() for n, p in ours.named_parameters() if "lora_" in n)
+    assert ours.get_nb_trainable_parameters()[0] == lora_numel > 0
+
+
+def test_print_trainable_parameters_prints_peft_s_line(capsys):
+    import peft
+
+    torch.manual_seed(0)
+    LoraModel(LoraConfig(backbone_config=tiny_config("bert"), r=4, target_modules=["query", "value"])).print_trainable_parameters()
+    ours = capsys.readouterr().out
+    peft.get_peft_model(AutoModel.from_config(tiny_config("bert")), peft.LoraConfig(r=4, target_modules=["query", "value"])).print_trainable_parameters()
+    assert ours == capsys.readouterr().out and ours.startswith("trainable params: 1,024 || all params: ")
+
+
+@pytest.mark.parametrize("name, lm_head", [("gpt2", "lm_head"), ("bert", "cls.predictions.decoder")])
+def test_tied_weights_stay_tied_when_embeddings_train_and_are_counted_and_saved_once(name, lm_head, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
+
+    lm_class, auto = (LoraForCausalLM, AutoModelForCausalLM) if name in DECODERS else (LoraForMaskedLM, AutoModelForMaskedLM)
+    model = lm_class(LoraConfig(backbone_config=tiny_config(name), r=2))
+    model.set_phase("pretrain")
+    embeddings = model.get_input_embeddings().weight
+    assert model.backbone.get_submodule(lm_head).weight is embeddings and embeddings.requires_grad
+    embedding_numel = sum(m.weight.numel() for m in model.backbone.modules() if isinstance(m, torch.nn.Embedding))
+    lora_numel = sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
+    unique_numel = sum({id(p): p.numel() for p in model.parameters()}.values())
+    assert model.get_nb_trainable_parameters() == (lora_numel + embedding_numel, unique_numel)
+
+    x = inputs()
+    before = embeddings.detach().clone()
+    model(x, labels=x).loss.backward()
+    torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1.0).step()
+    assert not torch.equal(embeddings, before)
+    assert model.backbone.get_submodule(lm_head).weight is model.get_input_embeddings().weight
+
+    model.save_pretrained(tmp_path, save_base=True)
+    with safe_open(tmp_path / "model.safetensors", "pt") as f:
+        shaped_like_embeddings = [k for k in f.keys() if tuple(f.get_slice(k).get_shape()) == tuple(embeddings.shape)]
+    assert len(shaped_like_embeddings) == 1 and not shaped_like_embeddings[0].endswith(f"{lm_head}.weight")
+    reloaded = auto.from_pretrained(tmp_path)
+    assert reloaded.backbone.get_submodule(lm_head).weight is reloaded.get_input_embeddings().weight
+    assert torch.equal(reloaded(x).logits, model.eval()(x).logits)
+
+
+@pytest.mark.parametrize("use_reentrant", [False, True])
+@pytest.mark.parametrize("name", BACKBONES)
+def test_gradient_checkpointing_gives_a_frozen_backbone_s_adapters_the_same_gradients(name, use_reentrant):
+    grads, forward_calls = [], []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        model = LoraForSequenceClassification(LoraConfig(backbone_config=tiny_config(name, dropout=False), r=2, phase_trainable={"finetune": ["lora"]}))
+        randomize_adapters(model)
+        model.train()
+        calls = []
+        next(layer for _, layer in lora_layers(model)).register_forward_hook(lambda *_: calls.append(1))
+        if checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": use_reentrant})
+        assert not any(p.requires_grad for n, p in model.named_parameters() if "lora_" not in n)
+        model(inputs(), labels=torch.tensor([0, 1])).loss.backward()
+        grads.append({n: p.grad for n, p in model.named_parameters() if p.requires_grad})
+        forward_calls.append(len(calls))
+    assert forward_calls == [1, 2]  # checkpointing recomputed the layer in the backward pass
+    assert grads[1].keys() == grads[0].keys() == {n for n, _ in model.named_parameters() if "lora_" in n}
+    for key, expected in grads[0].items():
+        assert grads[1][key] is not None and grads[1][key].abs().sum() > 0, key
+        torch.testing.assert_close(grads[1][key], expected, rtol=0, atol=ATOL[torch.float32], msg=key)
