@@ -160,13 +160,17 @@ class LoraPreTrainedModel(PreTrainedModel):
             body = f"backbone.{prefix}."
             return {n for n in names if not n.startswith(body) and not n.endswith((".lora_A", ".lora_B"))}
         members = set()
+        # Attention blocks by class name, as target_modules="auto" finds them: GPT-2's `attn` and Llama's
+        # `self_attn` have no "attention" in their module names.
+        blocks = tuple(f"{n}." for n, m in self.named_modules() if "attention" in type(m).__name__.lower())
         for module_name, module in self.named_modules():
             if group == "embeddings":
                 hit = isinstance(module, (nn.Embedding, LoraEmbedding))
             elif group == "norm":
                 hit = "norm" in type(module).__name__.lower()
             else:  # attention: the projections inside attention blocks
-                hit = "attention" in module_name.lower() and isinstance(module, (nn.Linear, Conv1D, LoraLinear))
+                inside = "attention" in module_name.lower() or module_name.startswith(blocks)
+                hit = inside and isinstance(module, (nn.Linear, Conv1D, LoraLinear))
             if hit:
                 members.update(f"{module_name}.{p}" for p, _ in module.named_parameters(recurse=group == "norm"))
         return {n for n in members if n in set(names) and not n.endswith((".lora_A", ".lora_B"))}

@@ -40,6 +40,15 @@ def test_custom_phase_groups_and_regexes_select_their_parameters():
     assert {n for n in trainable_names(model) if "lora_" not in n} == {"backbone.bert.encoder.layer.1.output.dense.weight"}
 
 
+@pytest.mark.parametrize("name", BACKBONES)
+def test_the_attention_group_is_the_weights_and_biases_of_the_attention_projections(name):
+    """The same projections `target_modules="auto"` wraps, whatever the block is called (GPT-2 `attn`, Llama `self_attn`)."""
+    model = LoraModel(LoraConfig(backbone_config=tiny_config(name), r=2, phase_trainable={"finetune": ["attention"]}))
+    expected = {f"backbone.{module}.{p}" for module in model.lora_module_names for p in ("weight", "bias")}
+    assert trainable_names(model) == expected & {n for n, _ in model.named_parameters()}
+    assert len(trainable_names(model)) >= len(model.lora_module_names)
+
+
 def test_an_unknown_phase_is_refused_naming_the_defined_ones():
     model = LoraForSequenceClassification(LoraConfig(backbone_config=tiny_config("bert"), r=2))
     with pytest.raises(ValueError, match=r"Unknown phase 'warmup'.*\['pretrain', 'finetune'\]"):
