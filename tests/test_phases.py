@@ -90,7 +90,10 @@ def test_print_trainable_parameters_prints_peft_s_line(capsys):
     assert ours == capsys.readouterr().out and ours.startswith("trainable params: 1,024 || all params: ")
 
 
-@pytest.mark.parametrize("name, lm_head", [("gpt2", "lm_head"), ("bert", "cls.predictions.decoder")])
+@pytest.mark.parametrize(
+    "name, lm_head",
+    [("gpt2", "lm_head"), ("bert", "cls.predictions.decoder"), ("roberta", "lm_head.decoder"), ("distilbert", "vocab_projector")],
+)
 def test_tied_weights_stay_tied_when_embeddings_train_and_are_counted_and_saved_once(name, lm_head, tmp_path):
     from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
 
@@ -120,25 +123,43 @@ def test_tied_weights_stay_tied_when_embeddings_train_and_are_counted_and_saved_
     assert torch.equal(reloaded(x).logits, model.eval()(x).logits)
 
 
+def checkpointed_gradients(name, enable=None):
+    """Adapter gradients of one pass on a frozen backbone, and how often the first LoRA layer ran forward."""
+    torch.manual_seed(0)
+    config = LoraConfig(backbone_config=tiny_config(name, dropout=False), r=2, phase_trainable={"finetune": ["lora"]})
+    model = LoraForSequenceClassification(config)
+    randomize_adapters(model)
+    model.train()
+    calls = []
+    next(layer for _, layer in lora_layers(model)).register_forward_hook(lambda *_: calls.append(1))
+    if enable is not None:
+        enable(model)
+    assert not any(p.requires_grad for n, p in model.named_parameters() if "lora_" not in n)
+    model(inputs(), labels=torch.tensor([0, 1])).loss.backward()
+    return {n: p.grad for n, p in model.named_parameters() if p.requires_grad}, len(calls)
+
+
+def assert_same_nonzero_gradients(got, expected):
+    assert got.keys() == expected.keys() and expected
+    for key, grad in expected.items():
+        assert got[key] is not None and got[key].abs().sum() > 0, key
+        torch.testing.assert_close(got[key], grad, rtol=0, atol=ATOL[torch.float32], msg=key)
+
+
 @pytest.mark.parametrize("use_reentrant", [False, True])
 @pytest.mark.parametrize("name", BACKBONES)
 def test_gradient_checkpointing_gives_a_frozen_backbone_s_adapters_the_same_gradients(name, use_reentrant):
-    grads, forward_calls = [], []
-    for checkpointing in (False, True):
-        torch.manual_seed(0)
-        model = LoraForSequenceClassification(LoraConfig(backbone_config=tiny_config(name, dropout=False), r=2, phase_trainable={"finetune": ["lora"]}))
-        randomize_adapters(model)
-        model.train()
-        calls = []
-        next(layer for _, layer in lora_layers(model)).register_forward_hook(lambda *_: calls.append(1))
-        if checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": use_reentrant})
-        assert not any(p.requires_grad for n, p in model.named_parameters() if "lora_" not in n)
-        model(inputs(), labels=torch.tensor([0, 1])).loss.backward()
-        grads.append({n: p.grad for n, p in model.named_parameters() if p.requires_grad})
-        forward_calls.append(len(calls))
-    assert forward_calls == [1, 2]  # checkpointing recomputed the layer in the backward pass
-    assert grads[1].keys() == grads[0].keys() == {n for n, _ in model.named_parameters() if "lora_" in n}
-    for key, expected in grads[0].items():
-        assert grads[1][key] is not None and grads[1][key].abs().sum() > 0, key
-        torch.testing.assert_close(grads[1][key], expected, rtol=0, atol=ATOL[torch.float32], msg=key)
+    expected, calls = checkpointed_gradients(name)
+    assert calls == 1 and all("lora_" in n for n in expected)
+    kwargs = {"use_reentrant": use_reentrant}
+    got, calls = checkpointed_gradients(name, lambda m: m.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs))
+    assert calls == 2  # checkpointing recomputed the layer in the backward pass
+    assert_same_nonzero_gradients(got, expected)
+
+
+@pytest.mark.parametrize("kwargs", [None, {"use_reentrant": True}])
+def test_activation_checkpointing_enable_the_v5_name_does_the_same(kwargs):
+    expected, _ = checkpointed_gradients("bert")
+    got, calls = checkpointed_gradients("bert", lambda m: m.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs))
+    assert calls == 2
+    assert_same_nonzero_gradients(got, expected)
