@@ -247,6 +247,17 @@ class LoraPreTrainedModel(PreTrainedModel):
     # ----- merge -------------------------------------------------------------------------
     def merge_adapter(self, safe_merge: bool = False) -> None:
         """Fold every adapter into its base weight: inference then costs what the base costs."""
+        uses = {}
+        for _, param in self.named_parameters(remove_duplicate=False):
+            uses[id(param)] = uses.get(id(param), 0) + 1
+        tied = [name for name, layer in lora_layers(self.backbone) if isinstance(layer, LoraEmbedding) and uses[id(layer.weight)] > 1]
+        if tied:
+            # The update belongs to the lookup only; merged, the tied output layer would get it too.
+            raise ValueError(
+                f"Cannot merge the LoRA embedding {tied}: its weight is tied to another layer (the LM head), which "
+                "would receive the update too and change the outputs. Keep the model unmerged, or leave the tied "
+                "embedding out of `target_modules`."
+            )
         for _, layer in lora_layers(self.backbone):
             layer.merge(safe_merge=safe_merge)
 

@@ -67,3 +67,28 @@ def test_merged_bert_classifier_loads_where_lora_hf_is_not_importable(tmp_path):
         save_file({{"logits": model(x).logits.contiguous()}}, OUT)
     """, tmp_path)
     torch.testing.assert_close(child["logits"], expected, rtol=0, atol=TOL)
+
+
+def test_an_untied_lora_embedding_merges_with_the_same_outputs():
+    torch.manual_seed(0)
+    model = task_classes("llama")[1](LoraConfig(backbone_config=tiny_config("llama"), r=2, target_modules=["embed_tokens", "q_proj"])).eval()
+    randomize_adapters(model)
+    assert model.backbone.get_output_embeddings().weight is not model.get_input_embeddings().weight
+    x = inputs()
+    before = model(x).logits
+    model.merge_adapter()
+    assert model.get_input_embeddings().merged
+    torch.testing.assert_close(model(x).logits, before, rtol=0, atol=TOL)
+
+
+def test_merging_a_lora_embedding_tied_to_the_lm_head_is_refused_and_changes_nothing():
+    """Merged, the update would reach the tied LM head too: the outputs would change."""
+    torch.manual_seed(0)
+    model = task_classes("gpt2")[1](LoraConfig(backbone_config=tiny_config("gpt2"), r=2, target_modules=["wte", "c_attn"])).eval()
+    randomize_adapters(model)
+    x = inputs()
+    before = model(x).logits
+    with pytest.raises(ValueError, match=r"Cannot merge the LoRA embedding \['transformer.wte'\]: its weight is tied"):
+        model.merge_and_unload()
+    assert not any(layer.merged for _, layer in lora_layers(model))
+    assert torch.equal(model(x).logits, before)
