@@ -588,9 +588,19 @@ class LoraPreTrainedModel(PreTrainedModel):
                 required |= self._group_members(group)
         fresh = []
         if head_switch:
-            # A new head (and base tensors the old class never had, such as BERT's pooler) start fresh.
-            fresh = sorted(k for k in required - loaded if split(k, own_prefix)[0] == "head" or k in self.newly_initialized_keys)
+            # A new head (and base tensors the old class never had, such as BERT's pooler) start fresh. A full
+            # save holds every base tensor its class had: there, only adapters and trained groups must be found.
+            kept = self._group_members("lora")
+            for group in self.config.trained_groups:
+                kept |= self._group_members(group)
+            fresh = sorted(
+                k for k in required - loaded
+                if split(k, own_prefix)[0] == "head" or k in self.newly_initialized_keys or (strict_full and k not in kept)
+            )
             required -= set(fresh)
+            # Saved with the adapters from now on, or every load of an adapter save would draw them anew.
+            params = {n for n, _ in self.named_parameters()}
+            self.newly_initialized_keys = sorted(set(self.newly_initialized_keys) | {k for k in fresh if k in params})
         missing = sorted(k for k in required - loaded if not _is_tied_copy(self, k, loaded))
         if missing:
             raise ValueError(

@@ -106,13 +106,15 @@ def test_unexpected_and_misshapen_tensors_are_refused_by_name(tiny_bases, tmp_pa
     assert f"{key}: saved (3, 32), model (2, 32)" in message
 
 
-def test_a_masked_lm_save_loads_into_sequence_classification_with_its_adapters_and_embeddings_and_a_new_head(tmp_path):
+@pytest.mark.parametrize("save_base", [False, True])
+def test_a_masked_lm_save_loads_into_sequence_classification_with_its_adapters_and_embeddings_and_a_new_head(tmp_path, save_base):
+    """The new head, and BERT's pooler that a masked LM never had, start fresh; both travel with later saves."""
     torch.manual_seed(0)
     AutoModelForMaskedLM.from_config(tiny_config("bert")).save_pretrained(tmp_path / "base")
     mlm = LoraForMaskedLM.from_base_model(str(tmp_path / "base"), r=2)
     mlm.set_phase("pretrain")
     trained(mlm)
-    mlm.save_pretrained(tmp_path / "pretrained")
+    mlm.save_pretrained(tmp_path / "pretrained", save_base=save_base)
     assert any("word_embeddings" in k for k in saved_keys(tmp_path / "pretrained"))
 
     classifier = LoraForSequenceClassification.from_pretrained(tmp_path / "pretrained")
@@ -121,7 +123,8 @@ def test_a_masked_lm_save_loads_into_sequence_classification_with_its_adapters_a
         if "lora_" in key or "embeddings" in key:
             assert torch.equal(ours[key], value), key
     assert classifier.config.architectures == ["LoraForSequenceClassification"]
-    assert {"backbone.classifier.weight", "backbone.classifier.bias"} <= set(classifier.newly_initialized_keys)
+    fresh = {f"backbone.{m}.{p}" for m in ("classifier", "bert.pooler.dense") for p in ("weight", "bias")}
+    assert fresh <= set(classifier.newly_initialized_keys)
     classifier.set_phase("finetune")
     assert {n for n, p in classifier.named_parameters() if p.requires_grad and "lora_" not in n} == {"backbone.classifier.weight", "backbone.classifier.bias"}
     x = inputs()
