@@ -1,11 +1,12 @@
 """The core tests' fixture module: tiny random-weight configs of the six backbones the core must support
 (vocab 99, hidden 32, 2 layers, 4 heads; no downloads), what each supports, and shared helpers.
 
-Tolerances, one per dtype: fp32 outputs and gradients agree to `ATOL[torch.float32]` absolute where the
-same numbers are computed in a different order (PEFT's layers, a merged weight, checkpoint recomputation);
-bf16 outputs to `ATOL[torch.bfloat16]` times the largest output magnitude (one bf16 rounding of each merged
-weight, eps = 2**-8). Where the same arithmetic runs twice (save/load, step 0 against the base) the
-comparison is exact.
+Tolerances, one per dtype (`ATOL`), applied where the same numbers are computed in a different order
+(PEFT's layers, a merged weight, checkpoint recomputation): fp32 1e-5, bf16 2e-2 (merging rounds each
+weight once to bf16's 8-bit mantissa, eps = 2**-8). Model logits are of order one and are compared in
+absolute terms; a single layer's outputs and weights are not, so layer tests scale the tolerance by the
+largest magnitude involved. Where the same arithmetic runs twice (save/load, step 0 against the base)
+the comparison is exact.
 """
 
 import importlib.util
