@@ -134,17 +134,25 @@ def test_a_masked_lm_save_loads_into_sequence_classification_with_its_adapters_a
 
 
 def test_trust_remote_code_loads_where_lora_hf_is_not_importable(tiny_bases, tmp_path):
-    model = trained(LoraForSequenceClassification.from_base_model(tiny_bases["roberta"], r=4))
-    model.save_pretrained(tmp_path / "repo")
+    """One lora_hf-free interpreter loads a classifier and a causal LM from their saved code and runs them."""
+    classifier = trained(LoraForSequenceClassification.from_base_model(tiny_bases["roberta"], r=4))
+    classifier.save_pretrained(tmp_path / "classifier")
+    causal_lm = trained(task_classes("gpt2")[1].from_base_model(tiny_bases["gpt2"], r=2))
+    causal_lm.save_pretrained(tmp_path / "causal_lm")
     x = inputs()
     child = run_without_lora_hf(f"""
-        from transformers import AutoModelForSequenceClassification
-        model = AutoModelForSequenceClassification.from_pretrained({str(tmp_path / "repo")!r}, trust_remote_code=True)
-        assert type(model).__name__ == "LoraForSequenceClassification", type(model)
-        assert type(model).__module__.startswith("transformers_modules."), type(model).__module__
-        save_file({{"logits": model(torch.tensor({x.tolist()})).logits.contiguous()}}, OUT)
+        from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+        classifier = AutoModelForSequenceClassification.from_pretrained({str(tmp_path / "classifier")!r}, trust_remote_code=True)
+        causal_lm = AutoModelForCausalLM.from_pretrained({str(tmp_path / "causal_lm")!r}, trust_remote_code=True)
+        for model, name in ((classifier, "LoraForSequenceClassification"), (causal_lm, "LoraForCausalLM")):
+            assert type(model).__name__ == name and type(model).__module__.startswith("transformers_modules."), type(model)
+        x = torch.tensor({x.tolist()})
+        generated = causal_lm.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=5, do_sample=False, pad_token_id=0)
+        save_file({{"logits": classifier(x).logits.contiguous(), "generated": generated.contiguous()}}, OUT)
     """, tmp_path)
-    assert torch.equal(child["logits"], model(x).logits)
+    assert torch.equal(child["logits"], classifier(x).logits)
+    expected = causal_lm.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=5, do_sample=False, pad_token_id=0)
+    assert expected.shape == (2, 12) and torch.equal(child["generated"], expected)
 
 
 def test_loading_unpickles_nothing(tiny_bases, tmp_path, monkeypatch):
