@@ -66,6 +66,16 @@ class DataArguments:
     def uses_default_data(self) -> bool:
         return not (self.dataset_name or self.train_file or self.pretrain_dataset_name or self.pretrain_files)
 
+    def describe(self) -> dict:
+        """What each phase reads, in words (the bare Hub id where there is one): recorded for the model card."""
+        if self.uses_default_data:
+            return {"pretrain": VADER_PRETRAIN_TEXT, "finetune": VADER_TASK_TEXT}
+        finetune = self.dataset_name or (Path(self.train_file).name if self.train_file else None)
+        pretrain = self.pretrain_dataset_name or ", ".join(Path(p).name for p in self.pretrain_files or [])
+        if not pretrain and finetune:
+            pretrain = f"the finetune training text ({finetune})"
+        return {phase: text for phase, text in (("pretrain", pretrain), ("finetune", finetune)) if text}
+
 
 def _check_file(path: str | None, flag: str) -> None:
     if path is None:
@@ -78,6 +88,10 @@ def _check_file(path: str | None, flag: str) -> None:
 
 
 # ----- the VADER default -------------------------------------------------------------------
+VADER_TASK_TEXT = "VADER movie-review snippets (Hutto & Gilbert 2014), binary sentiment, split by id"
+VADER_PRETRAIN_TEXT = "VADER tweets, movie, Amazon and NYT snippets (Hutto & Gilbert 2014) minus the movie validation/test ids"
+
+
 def cache_dir() -> Path:
     return Path(os.environ.get("LORA_HF_CACHE") or Path.home() / ".cache" / "lora_hf")
 

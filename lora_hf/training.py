@@ -315,7 +315,10 @@ def plot_loss_curves(histories: dict, path: Path) -> None:
         ax.set_title(f"{phase} phase")
         ax.set_xlabel("step")
         ax.set_ylabel("loss")
-        ax.legend()
+        if train or evals:
+            ax.legend()
+        else:  # fewer steps than --logging_steps and no evaluation
+            ax.text(0.5, 0.5, "no loss logged", ha="center", va="center", transform=ax.transAxes)
         ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -436,6 +439,12 @@ def run_two_phase(
             raise DataError(f"`--task causal-lm` needs a decoder backbone; {backbone_config.model_type!r} is an encoder.")
 
     results = {"base_model": base, "task": task, "full_finetune": full}
+    ran = {"pretrain": run_pretrain, "finetune": task_data is not None}
+    results["datasets"] = {phase: text for phase, text in data_args.describe().items() if ran[phase]}
+    results["hyperparameters"] = {
+        phase: _recorded_hyperparameters(phase, full, lora_kwargs, data_args, training_args, phase_args, pretrain_texts)
+        for phase in ran if ran[phase]
+    }
     histories = {}
     pretrain_dir, finetune_dir = out / "pretrain", out / "finetune"
     model = None
@@ -463,6 +472,24 @@ def run_two_phase(
         _publish_final(final_dir, out, tokenizer, results, histories)
     _print_table(results)
     return results
+
+
+def _recorded_hyperparameters(phase, full, lora_kwargs, data_args, training_args, phase_args, pretrain_texts) -> dict:
+    """What the model card cannot read back from `trainer_state.json`."""
+    values = {"seed": training_args.seed, "weight decay": training_args.weight_decay,
+              "warm-up ratio": training_args.warmup_ratio, "max sequence length": data_args.max_seq_length}
+    if phase == "pretrain":
+        held_out = _pretrain_held_out(len(pretrain_texts), phase_args)
+        values["texts (train + held out)"] = f"{len(pretrain_texts) - held_out:,d} + {held_out:,d}"
+    if not full:
+        targets = lora_kwargs["target_modules"]
+        values.update({"LoRA r": lora_kwargs["r"], "LoRA alpha": lora_kwargs["lora_alpha"], "LoRA dropout": lora_kwargs["lora_dropout"],
+                       "target modules": targets if isinstance(targets, str) else ", ".join(targets)})
+    return values
+
+
+def _pretrain_held_out(n_texts: int, phase_args: PhaseArguments) -> int:
+    return min(phase_args.pretrain_eval_samples, max(1, n_texts // 10))
 
 
 def _phase_start(base, encoder, full, ran_pretrain, model_args, pretrain_dir, out, training_args) -> dict:
@@ -499,7 +526,7 @@ def _run_pretrain(base, encoder, lora_kwargs, texts, tokenizer, data_args, train
         model.config.phase_trainable["pretrain"] = groups + ["head"]
     model.set_phase("pretrain")
     model.print_trainable_parameters()
-    split = texts.train_test_split(test_size=min(phase_args.pretrain_eval_samples, max(1, len(texts) // 10)), seed=training_args.seed)
+    split = texts.train_test_split(test_size=_pretrain_held_out(len(texts), phase_args), seed=training_args.seed)
     train = _tokenize_text(split["train"], tokenizer, data_args, ["text"])
     evals = _tokenize_text(split["test"], tokenizer, data_args, ["text"])
     overrides = {

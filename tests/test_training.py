@@ -58,7 +58,13 @@ def test_two_phase_bert_writes_both_phases_and_a_loadable_final_model(bert_dir, 
     assert results["task"] == "classification"
     assert 0.0 <= results["finetune"]["test_accuracy"] <= 1.0
     assert "eval_perplexity" in results["pretrain"]
+    # Recorded for the model card: the data of each phase and what trainer_state.json does not hold.
+    assert results["datasets"] == {"pretrain": "the finetune training text (train.csv)", "finetune": "train.csv"}
+    assert results["hyperparameters"]["pretrain"]["texts (train + held out)"] == "58 + 6"  # 64 rows, a tenth held out
+    assert results["hyperparameters"]["finetune"]["LoRA r"] == 8
     assert (out / "loss_curve.png").is_file()
+    card = (out / "README.md").read_text()
+    assert "train.csv" in card and "not recorded" not in card
     model = lora_hf.LoraForSequenceClassification.from_pretrained(out)
     assert model.config.trained_groups == ["lora", "embeddings", "head"]
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -221,4 +227,7 @@ def test_flags_from_a_yaml_file_and_a_datasets_directory(bert_dir, csv_data, tmp
     assert main([str(config)]) == 0
     saved = json.loads((out / "config.json").read_text())
     assert (saved["r"], saved["lora_alpha"]) == (4, 8)
-    assert "eval_accuracy" in json.loads((out / "all_results.json").read_text())["finetune"]
+    results = json.loads((out / "all_results.json").read_text())
+    assert "eval_accuracy" in results["finetune"]
+    assert results["datasets"] == {"finetune": str(dataset_dir)}  # --skip_pretrain: no pretrain entry
+    assert results["hyperparameters"]["finetune"]["LoRA alpha"] == 8
