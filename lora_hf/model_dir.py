@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from .configuration_lora import LoraConfig
-from .modeling_lora import CODE_FILES, CONFIG_NAME, WEIGHTS_NAME
+from .modeling_lora import CONFIG_NAME, WEIGHTS_NAME
 
 __all__ = ["TOKENIZER_FILES", "check_model_dir", "model_class", "load_model_dir", "tokenizer_files", "copy_tokenizer_files", "check_output_dir", "run_command"]
 

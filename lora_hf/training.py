@@ -31,9 +31,6 @@ import torch
 from transformers import (
     AutoConfig,
     AutoModel,
-    AutoModelForCausalLM,
-    AutoModelForSequenceClassification,
-    AutoModelForTokenClassification,
     AutoTokenizer,
     DataCollatorForLanguageModeling,
     DataCollatorForTokenClassification,
@@ -76,6 +73,8 @@ PHASE_DONE = "phase_results.json"
 LORA_LEARNING_RATE = 1e-3
 FULL_FINETUNE_LEARNING_RATE = 5e-5
 DEFAULT_PRETRAIN_SAMPLES = 5000
+TASK_CLASSES = {"classification": LoraForSequenceClassification, "regression": LoraForSequenceClassification,
+                "token-classification": LoraForTokenClassification, "causal-lm": LoraForCausalLM}
 
 
 def default_base_model() -> str:
@@ -409,13 +408,13 @@ def run_two_phase(
     backbone_config = AutoConfig.from_pretrained(base)
     encoder = _is_encoder(backbone_config)
     lora_kwargs = lora_args.lora_config_kwargs()
-    if not full:
-        probe = LoraConfig(backbone_config=backbone_config, **lora_kwargs)
+    probe = None if full else LoraConfig(backbone_config=backbone_config, **lora_kwargs)
+    run_pretrain = not (model_args.skip_pretrain or full)
+    if run_pretrain:
         (LoraForMaskedLM if encoder else LoraForCausalLM)._check_targets_on_meta(probe)
     tokenizer = AutoTokenizer.from_pretrained(base)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    run_pretrain = not (model_args.skip_pretrain or full)
     with training_args.main_process_first(desc="load data"):
         if data_args.uses_default_data:
             pretrain_texts, task_data = vader_task()
@@ -437,6 +436,8 @@ def run_two_phase(
         check_labels(task_data, data_args.label_column, task, labels)
         if task == "causal-lm" and encoder:
             raise DataError(f"`--task causal-lm` needs a decoder backbone; {backbone_config.model_type!r} is an encoder.")
+        if probe is not None:  # the task model may have modules the pretrain model lacks (BERT's pooler)
+            TASK_CLASSES[task]._check_targets_on_meta(probe)
 
     results = {"base_model": base, "task": task, "full_finetune": full}
     ran = {"pretrain": run_pretrain, "finetune": task_data is not None}
@@ -447,7 +448,6 @@ def run_two_phase(
     }
     histories = {}
     pretrain_dir, finetune_dir = out / "pretrain", out / "finetune"
-    model = None
 
     if run_pretrain:
         done = _finished(pretrain_dir)
@@ -557,12 +557,9 @@ def _run_finetune(start, task, labels, lora_kwargs, task_data, tokenizer, data_a
             label_kwargs["problem_type"] = "single_label_classification"
     if task in ("classification", "regression") and tokenizer.pad_token_id is not None:
         label_kwargs["pad_token_id"] = tokenizer.pad_token_id
-    lora_class = {"classification": LoraForSequenceClassification, "regression": LoraForSequenceClassification,
-                  "token-classification": LoraForTokenClassification, "causal-lm": LoraForCausalLM}[task]
+    lora_class = TASK_CLASSES[task]
     if full:
-        auto = {"classification": AutoModelForSequenceClassification, "regression": AutoModelForSequenceClassification,
-                "token-classification": AutoModelForTokenClassification, "causal-lm": AutoModelForCausalLM}[task]
-        model = auto.from_pretrained(start["base"], **label_kwargs)
+        model = lora_class.backbone_auto_class.from_pretrained(start["base"], **label_kwargs)
     elif "adapters" in start:
         overrides = {k: v for k, v in label_kwargs.items() if k != "pad_token_id"}
         model = lora_class.from_pretrained(start["adapters"], **overrides)

@@ -293,7 +293,6 @@ def bench_checkpoints(bb: Backbone, systems: dict, work: Path) -> tuple:
 
 
 def bench_load(bb: Backbone, dirs: dict, args: BenchmarkArguments) -> tuple:
-    auto = AutoModelForCausalLM if bb.task == "causal-lm" else AutoModelForSequenceClassification
     lora_cls = LoraForCausalLM if bb.task == "causal-lm" else LoraForSequenceClassification
 
     def timed_load(load):

@@ -231,3 +231,16 @@ def test_flags_from_a_yaml_file_and_a_datasets_directory(bert_dir, csv_data, tmp
     assert "eval_accuracy" in results["finetune"]
     assert results["datasets"] == {"finetune": str(dataset_dir)}  # --skip_pretrain: no pretrain entry
     assert results["hyperparameters"]["finetune"]["LoRA alpha"] == 8
+
+
+def test_targets_are_checked_on_the_model_of_each_phase_that_runs(bert_dir, csv_data, tmp_path, capsys):
+    """BERT's pooler is in the classifier of phase 2 but not in the masked LM of phase 1."""
+    flags = ["--model_name_or_path", bert_dir, *data_flags(csv_data), "--target_modules", "query", "pooler.dense",
+             "--pretrain_max_steps", "1", "--max_steps", "1", *FAST]
+    assert main([*flags, "--output_dir", str(tmp_path / "both")]) == 2
+    assert "'pooler.dense' matched no module of BertForMaskedLM" in capsys.readouterr().err
+    assert not (tmp_path / "both" / "pretrain").exists()  # refused before any training
+
+    assert main([*flags, "--skip_pretrain", "--output_dir", str(tmp_path / "finetune")]) == 0
+    saved = load_file(tmp_path / "finetune" / "model.safetensors")
+    assert {k for k in saved if "pooler.dense.lora_" in k} == {"backbone.bert.pooler.dense.lora_A", "backbone.bert.pooler.dense.lora_B"}
