@@ -17,18 +17,20 @@ SUBCOMMANDS = {
 
 def main(argv: list | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    width = max(map(len, SUBCOMMANDS))
+    commands = "\n".join(f"  {name:<{width}}  {text}" for name, (_, text) in SUBCOMMANDS.items())
     parser = argparse.ArgumentParser(
         prog="lora-hf",
         description="Train, merge, export and publish lora_hf models.",
-        epilog="Run `lora-hf <command> --help` for a command's options and examples.",
+        epilog=f"commands:\n{commands}\n\nRun `lora-hf <command> --help` for a command's options and examples.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,  # one command a line, in workflow order
     )
-    parser.add_argument("command", choices=sorted(SUBCOMMANDS), metavar="command", help=", ".join(
-        f"{name}: {text}" for name, (_, text) in sorted(SUBCOMMANDS.items())))
+    parser.add_argument("command", choices=list(SUBCOMMANDS), metavar="command", help="one of the commands below")
     if not argv or argv[0] in ("-h", "--help"):
         parser.print_help()
         return 0 if argv else 2
     if argv[0] not in SUBCOMMANDS:
-        parser.error(f"unknown command {argv[0]!r}; choose from {sorted(SUBCOMMANDS)}")
+        parser.error(f"unknown command {argv[0]!r}; choose from {list(SUBCOMMANDS)}")
     module_name, func_name = SUBCOMMANDS[argv[0]][0].split(":")
     module = __import__(module_name, fromlist=[func_name])
     return getattr(module, func_name)(argv[1:]) or 0
