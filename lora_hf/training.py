@@ -142,6 +142,11 @@ class LoraTrainingArguments(TrainingArguments):
     num_train_epochs: float = field(default=3.0, metadata={"help": "Epochs of the finetune phase."})
     per_device_train_batch_size: int = field(default=32, metadata={"help": "Batch size per device."})
     per_device_eval_batch_size: int = field(default=64, metadata={"help": "Eval batch size per device."})
+    # Random batches of the default data are half padding (26.9 tokens a text, 55.5 per padded row);
+    # batches of similar lengths cut that to ~31, nearly halving a CPU step.
+    train_sampling_strategy: str = field(default="group_by_length", metadata={"help": "random, sequential, group_by_length (default: less padding) or batch_rebalance."})
+    # Pinned memory only helps copies to a GPU; without one torch warns on every dataloader.
+    dataloader_pin_memory: bool = field(default=torch.cuda.is_available(), metadata={"help": "Pin host memory (default: only with CUDA)."})
     warmup_ratio: float = field(default=0.06, metadata={"help": "Linear warm-up share of the steps."})
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay."})
     eval_strategy: str = field(default="epoch", metadata={"help": "When to evaluate: no, steps, epoch."})

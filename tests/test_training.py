@@ -244,3 +244,13 @@ def test_targets_are_checked_on_the_model_of_each_phase_that_runs(bert_dir, csv_
     assert main([*flags, "--skip_pretrain", "--output_dir", str(tmp_path / "finetune")]) == 0
     saved = load_file(tmp_path / "finetune" / "model.safetensors")
     assert {k for k in saved if "pooler.dense.lora_" in k} == {"backbone.bert.pooler.dense.lora_A", "backbone.bert.pooler.dense.lora_B"}
+
+
+def test_defaults_group_batches_by_length_and_skip_pinning_without_cuda(tmp_path):
+    from lora_hf.training import parse_args
+
+    *_, training_args, _ = parse_args(["--output_dir", str(tmp_path)])
+    assert training_args.train_sampling_strategy == "group_by_length"
+    assert training_args.dataloader_pin_memory is torch.cuda.is_available()
+    *_, training_args, _ = parse_args(["--output_dir", str(tmp_path), "--train_sampling_strategy", "random"])
+    assert training_args.train_sampling_strategy == "random"  # a user's choice wins
