@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from .configuration_lora import LoraConfig
+from . import modeling_lora
 from .modeling_lora import CONFIG_NAME, WEIGHTS_NAME
 
 __all__ = ["TOKENIZER_FILES", "check_model_dir", "model_class", "load_model_dir", "tokenizer_files", "copy_tokenizer_files", "check_output_dir", "run_command"]
@@ -30,14 +31,7 @@ TOKENIZER_FILES = (
     "tokenizer.model",
 )
 # lora_hf's head classes, by the name `save_pretrained` records in `config.architectures`.
-HEAD_CLASSES = (
-    "LoraModel",
-    "LoraForCausalLM",
-    "LoraForMaskedLM",
-    "LoraForSequenceClassification",
-    "LoraForTokenClassification",
-    "LoraForQuestionAnswering",
-)
+HEAD_CLASSES = tuple(name for name in modeling_lora.__all__ if name == "LoraModel" or name.startswith("LoraFor"))
 
 
 def check_model_dir(path) -> LoraConfig:
