@@ -481,6 +481,7 @@ class LoraPreTrainedModel(PreTrainedModel):
         else:
             config = copy.deepcopy(config)  # never mutate the caller's config
         _apply_label_overrides(config, overrides)
+        config._name_or_path = str(pretrained_model_name_or_path)  # model.name_or_path, as transformers sets it
         weights_path = _resolve_file(pretrained_model_name_or_path, WEIGHTS_NAME, hub_kwargs)
         state, metadata = _read_safetensors(weights_path)
         if metadata.get("lora_hf_format", "adapter") not in ("adapter", "full"):

@@ -48,6 +48,7 @@ def test_adapter_save_holds_only_non_base_tensors_and_auto_reload_is_identical(t
     assert lora and saved_keys(tmp_path) == lora | head  # head: empty for GPT-2, whose LM head is the tied wte
     reloaded = auto.from_pretrained(tmp_path)
     assert type(reloaded) is lora_class
+    assert reloaded.name_or_path == str(tmp_path)  # as transformers records it; cards and push read it
     x = inputs()
     assert torch.equal(reloaded(x).logits, model(x).logits)
 
