@@ -395,6 +395,7 @@ def run_two_phase(
     phase_args: PhaseArguments | None = None,
 ) -> dict:
     """Run the pretrain and finetune phases; return the metrics also written to `all_results.json`."""
+    started = time.perf_counter()
     phase_args = phase_args or PhaseArguments()
     if training_args.output_dir is None:
         raise DataError("`--output_dir` is required.")
@@ -473,6 +474,7 @@ def run_two_phase(
     else:
         final_dir = pretrain_dir
 
+    results["wall_seconds"] = time.perf_counter() - started  # the whole command: data, both phases, evaluation
     if training_args.should_save:
         _publish_final(final_dir, out, tokenizer, results, histories)
     _print_table(results)

@@ -62,6 +62,8 @@ def test_two_phase_bert_writes_both_phases_and_a_loadable_final_model(bert_dir, 
     assert results["datasets"] == {"pretrain": "the finetune training text (train.csv)", "finetune": "train.csv"}
     assert results["hyperparameters"]["pretrain"]["texts (train + held out)"] == "58 + 6"  # 64 rows, a tenth held out
     assert results["hyperparameters"]["finetune"]["LoRA r"] == 8
+    phases = results["pretrain"]["train_wall_seconds"] + results["finetune"]["train_wall_seconds"]
+    assert phases < results["wall_seconds"] < phases + 120  # the whole command: both phases plus loading and evaluation
     assert (out / "loss_curve.png").is_file()
     card = (out / "README.md").read_text()
     assert "train.csv" in card and "not recorded" not in card

@@ -1,0 +1,53 @@
+"""scripts/compare_baselines.py: each system trains once into its own folder, and the table lands between the README markers."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("compare_baselines", REPO / "scripts" / "compare_baselines.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def fake_train(calls):
+    def train(argv):
+        out = argv[argv.index("--output_dir") + 1]
+        calls.append(argv)
+        full = "--full_finetune" in argv
+        results = {"finetune": {"test_accuracy": 0.9 if full else 0.8, "eval_accuracy": 0.85, "train_wall_seconds": 90.0},
+                   "trainable_params": 10 if not full else 1000, "total_params": 1000, "wall_seconds": 120.0}
+        if "--skip_pretrain" not in argv and not full:
+            results["pretrain"] = {"train_wall_seconds": 30.0}
+        Path(out).mkdir(parents=True)
+        (Path(out) / "all_results.json").write_text(json.dumps(results))
+        (Path(out) / "model.safetensors").write_bytes(b"\0" * 250_000)
+        return 0
+
+    return train
+
+
+def test_the_table_replaces_the_readme_section_and_finished_systems_are_not_retrained(tmp_path, monkeypatch):
+    script = load_script()
+    calls = []
+    monkeypatch.setattr(script, "train", fake_train(calls))
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# title\n\n{script.START}\n(not measured yet)\n{script.END}\n\nafter\n")
+    argv = ["--output_dir", str(tmp_path / "cmp"), "--readme", str(readme)]
+    assert script.main(argv) == 0
+    assert [("--skip_pretrain" in a, "--full_finetune" in a) for a in calls] == [(False, False), (True, False), (False, True)]
+
+    text = readme.read_text()
+    assert text.startswith("# title\n") and text.endswith("after\n") and "(not measured yet)" not in text
+    rows = [line for line in text.splitlines() if line.startswith("| ") and "%" in line]
+    assert rows == [
+        "| two-phase LoRA (pretrain + finetune) | 80.0% | 85.0% | 1.00% | 2.0 min | 2.0 min | 0.25 MB |",
+        "| LoRA, finetune only | 80.0% | 85.0% | 1.00% | 1.5 min | 2.0 min | 0.25 MB |",
+        "| full fine-tuning | 90.0% | 85.0% | 100.00% | 1.5 min | 2.0 min | 0.25 MB |",
+    ]
+    assert script.main(argv) == 0 and len(calls) == 3  # all_results.json there: measured, not trained again
+    assert readme.read_text().count(script.START) == 1
