@@ -70,7 +70,9 @@ __all__ = ["ModelArguments", "LoraArguments", "PhaseArguments", "LoraTrainingArg
 
 RESULTS_NAME = "all_results.json"
 PHASE_DONE = "phase_results.json"
-LORA_LEARNING_RATE = 1e-3
+# Finetune-only LoRA on the default task (3 epochs, batches grouped by length), validation / test accuracy:
+# 1e-3 82.9% / 84.7%, 2e-3 83.5% / 85.3%, 3e-3 82.2% / 85.1%.
+LORA_LEARNING_RATE = 2e-3
 FULL_FINETUNE_LEARNING_RATE = 5e-5
 DEFAULT_PRETRAIN_SAMPLES = 5000
 TASK_CLASSES = {"classification": LoraForSequenceClassification, "regression": LoraForSequenceClassification,
