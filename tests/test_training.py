@@ -256,3 +256,37 @@ def test_defaults_group_batches_by_length_and_skip_pinning_without_cuda(tmp_path
     assert training_args.dataloader_pin_memory is torch.cuda.is_available()
     *_, training_args, _ = parse_args(["--output_dir", str(tmp_path), "--train_sampling_strategy", "random"])
     assert training_args.train_sampling_strategy == "random"  # a user's choice wins
+
+
+def test_pretrained_weights_train_at_the_fine_tuning_rate_and_new_ones_at_the_lora_rate(bert_dir, tmp_path):
+    from transformers import Trainer
+
+    from lora_hf.training import LoraTrainingArguments, _Trainer
+
+    model = lora_hf.LoraForSequenceClassification.from_base_model(bert_dir, r=2, num_labels=2)
+    model.config.phase_trainable["finetune"] = ["lora", "head", "embeddings"]
+    model.set_phase("finetune")
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    args = LoraTrainingArguments(output_dir=str(tmp_path), learning_rate=2e-3, pretrained_learning_rate=5e-5, weight_decay=0.01,
+                                 eval_strategy="no")
+    trainer = _Trainer(model=model, args=args)
+    optimizer = trainer.create_optimizer()
+    names = {id(p): n for n, p in model.named_parameters()}
+    rate = {names[id(p)]: g["lr"] for g in optimizer.param_groups for p in g["params"]}
+    decay = {names[id(p)]: g["weight_decay"] for g in optimizer.param_groups for p in g["params"]}
+    assert set(rate) == trainable and sum(len(g["params"]) for g in optimizer.param_groups) == len(trainable)
+    new = {n for n in trainable if ".lora_" in n or n in model.newly_initialized_keys}
+    assert any("word_embeddings" in n for n in trainable - new) and any("classifier" in n for n in new)
+    assert {rate[n] for n in new} == {2e-3} and {rate[n] for n in trainable - new} == {5e-5}
+    expected_decay = set(Trainer.get_decay_parameter_names(trainer, model))
+    assert all(decay[n] == (0.01 if n in expected_decay else 0.0) for n in trainable)  # the Trainer's split is kept
+
+    scheduler = trainer.create_scheduler(num_training_steps=10, optimizer=optimizer)
+    for _ in range(4):
+        optimizer.step()
+        scheduler.step()
+    rates = {(g["lr"], g["initial_lr"]) for g in optimizer.param_groups}
+    assert {round(lr / initial, 9) for lr, initial in rates} == {round(scheduler.get_last_lr()[0] / 2e-3, 9)}  # one schedule, both rates
+
+    args = LoraTrainingArguments(output_dir=str(tmp_path), learning_rate=2e-3, pretrained_learning_rate=None, eval_strategy="no")
+    assert {g["lr"] for g in _Trainer(model=model, args=args).create_optimizer().param_groups} == {2e-3}  # one rate, as Trainer
