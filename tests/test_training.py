@@ -62,6 +62,7 @@ def test_two_phase_bert_writes_both_phases_and_a_loadable_final_model(bert_dir, 
     assert results["datasets"] == {"pretrain": "the finetune training text (train.csv)", "finetune": "train.csv"}
     assert results["hyperparameters"]["pretrain"]["texts (train + held out)"] == "58 + 6"  # 64 rows, a tenth held out
     assert results["hyperparameters"]["finetune"]["LoRA r"] == 8
+    assert results["hyperparameters"]["finetune"]["learning rate: pretrained weights"] == 5e-5
     phases = results["pretrain"]["train_wall_seconds"] + results["finetune"]["train_wall_seconds"]
     assert phases < results["wall_seconds"] < phases + 120  # the whole command: both phases plus loading and evaluation
     assert (out / "loss_curve.png").is_file()
