@@ -493,10 +493,11 @@ def _recorded_hyperparameters(phase, full, lora_kwargs, data_args, training_args
     if phase == "pretrain":
         held_out = _pretrain_held_out(len(pretrain_texts), phase_args)
         values["texts (train + held out)"] = f"{len(pretrain_texts) - held_out:,d} + {held_out:,d}"
-    if not full and training_args.pretrained_learning_rate is not None:
+    pretrained_rate = getattr(training_args, "pretrained_learning_rate", None)  # a plain TrainingArguments has none
+    if not full and pretrained_rate is not None:
         rate = phase_args.pretrain_learning_rate if phase == "pretrain" and phase_args.pretrain_learning_rate else training_args.learning_rate
         values["learning rate: adapters, new tensors"] = rate
-        values["learning rate: pretrained weights"] = training_args.pretrained_learning_rate
+        values["learning rate: pretrained weights"] = pretrained_rate
     if not full:
         targets = lora_kwargs["target_modules"]
         values.update({"LoRA r": lora_kwargs["r"], "LoRA alpha": lora_kwargs["lora_alpha"], "LoRA dropout": lora_kwargs["lora_dropout"],
