@@ -397,19 +397,25 @@ def build_model_card(model_dir, results: dict | None = None, *, repo_id: str | N
     return card
 
 
-def write_model_card(model_dir, results: dict | None = None, **kwargs) -> Path | None:
+def write_model_card(model_dir, results: dict | None = None, *, overwrite: bool = False, **kwargs) -> Path | None:
     """Write `README.md` into `model_dir`, reading `all_results.json` there unless `results` are given.
 
     A directory holding a plain `transformers` model (a `--full_finetune` run) gets no card: the
-    function logs why and returns None, so that training never fails on its card.
+    function logs why and returns None, so that training never fails on its card. A card edited by
+    hand (its generated-card line removed) is kept unless `overwrite=True`.
     """
     model_dir = Path(model_dir)
     raw = _read_json(model_dir / CONFIG_NAME)
     if isinstance(raw, dict) and raw.get("model_type") != "lora":
         logger.warning(f"No model card for {model_dir}: it holds a plain {raw.get('model_type')!r} model, not a lora_hf model.")
         return None
-    card = build_model_card(model_dir, results, **kwargs)
     path = model_dir / CARD_NAME
+    if not overwrite and path.is_file() and GENERATED_MARK not in path.read_text(encoding="utf-8", errors="replace"):
+        raise FileExistsError(
+            f"{path} was edited by hand (its '{GENERATED_MARK}' line is gone) and is kept; pass overwrite=True "
+            "(`lora-hf card --overwrite`) to replace it with a generated card."
+        )
+    card = build_model_card(model_dir, results, **kwargs)
     tmp = path.with_name(f".{CARD_NAME}.tmp")
     tmp.write_text(str(card), encoding="utf-8")
     tmp.replace(path)
@@ -595,13 +601,15 @@ def card_main(argv: list | None = None) -> int:
     )
     parser.add_argument("model_dir", help="A directory written by save_pretrained or lora-hf train.")
     parser.add_argument("--repo_id", help="The Hub repo the card will live in (used in the loading examples).")
+    parser.add_argument("--overwrite", action="store_true", help="Replace a README.md that was edited by hand.")
     _dataset_flags(parser)
 
     def action(args):
         if args.repo_id:
             _check_repo_id(args.repo_id)
         check_model_dir(args.model_dir)
-        path = write_model_card(args.model_dir, repo_id=args.repo_id, license=args.license, datasets=_datasets(args))
+        path = write_model_card(args.model_dir, repo_id=args.repo_id, license=args.license, datasets=_datasets(args),
+                                overwrite=args.overwrite)
         print(f"Wrote {path}")
 
     return run_command("card", parser, argv, action)

@@ -711,7 +711,10 @@ def _publish_final(final_dir: Path, out: Path, tokenizer, results: dict, histori
         from .hub import write_model_card
     except ImportError:  # the card module is optional
         return
-    write_model_card(out, results)
+    try:
+        write_model_card(out, results)
+    except FileExistsError as err:  # the user's own card in the output directory stays
+        logger.warning(str(err))
 
 
 def _print_table(results: dict) -> None:

@@ -144,6 +144,23 @@ def test_a_full_finetune_directory_gets_no_card_and_no_error(tmp_path, bases):
     assert not (tmp_path / "README.md").exists()
 
 
+def test_a_card_edited_by_hand_is_kept_unless_overwrite_is_asked(run_dir, tmp_path, capsys):
+    from lora_hf.cli import main as cli
+
+    mine = tmp_path / "run"
+    shutil.copytree(run_dir, mine)
+    write_model_card(mine)
+    regenerated = (mine / "README.md").read_text()
+    assert write_model_card(mine).read_text() == regenerated  # a generated card is simply regenerated
+    (mine / "README.md").write_text("# My own card\n")
+    with pytest.raises(FileExistsError, match="edited by hand"):
+        write_model_card(mine)
+    assert cli(["card", str(mine)]) != 0 and "--overwrite" in capsys.readouterr().err
+    assert (mine / "README.md").read_text() == "# My own card\n"
+    assert cli(["card", str(mine), "--overwrite"]) == 0
+    assert (mine / "README.md").read_text() == regenerated
+
+
 def test_the_template_ships_in_the_wheel_and_renders_from_an_installed_copy(tmp_path, run_dir):
     # Build from a copy: an in-tree build would write build/ and egg-info into the shared checkout.
     src = tmp_path / "src"

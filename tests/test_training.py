@@ -291,3 +291,13 @@ def test_pretrained_weights_train_at_the_fine_tuning_rate_and_new_ones_at_the_lo
 
     args = LoraTrainingArguments(output_dir=str(tmp_path), learning_rate=2e-3, pretrained_learning_rate=None, eval_strategy="no")
     assert {g["lr"] for g in _Trainer(model=model, args=args).create_optimizer().param_groups} == {2e-3}  # one rate, as Trainer
+
+
+def test_a_card_the_user_wrote_in_the_output_directory_is_kept(bert_dir, csv_data, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "README.md").write_text("# notes I keep here\n")
+    assert main(["--model_name_or_path", bert_dir, *data_flags(csv_data), "--output_dir", str(out), "--overwrite_output_dir",
+                 "--skip_pretrain", "--max_steps", "1", *FAST]) == 0
+    assert (out / "README.md").read_text() == "# notes I keep here\n"
+    assert (out / "all_results.json").is_file() and (out / "model.safetensors").is_file()
