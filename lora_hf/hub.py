@@ -397,6 +397,10 @@ def build_model_card(model_dir, results: dict | None = None, *, repo_id: str | N
     return card
 
 
+def _edited_by_hand(card_path: Path) -> bool:
+    return card_path.is_file() and GENERATED_MARK not in card_path.read_text(encoding="utf-8", errors="replace")
+
+
 def write_model_card(model_dir, results: dict | None = None, *, overwrite: bool = False, **kwargs) -> Path | None:
     """Write `README.md` into `model_dir`, reading `all_results.json` there unless `results` are given.
 
@@ -410,7 +414,7 @@ def write_model_card(model_dir, results: dict | None = None, *, overwrite: bool 
         logger.warning(f"No model card for {model_dir}: it holds a plain {raw.get('model_type')!r} model, not a lora_hf model.")
         return None
     path = model_dir / CARD_NAME
-    if not overwrite and path.is_file() and GENERATED_MARK not in path.read_text(encoding="utf-8", errors="replace"):
+    if not overwrite and _edited_by_hand(path):
         raise FileExistsError(
             f"{path} was edited by hand (its '{GENERATED_MARK}' line is gone) and is kept; pass overwrite=True "
             "(`lora-hf card --overwrite`) to replace it with a generated card."
@@ -530,7 +534,7 @@ def push_to_hub(model_or_dir, repo_id: str, *, private: bool | None = None, toke
                 "`base_model_name_or_path=` (or push again with `base_model_id=` / `--base_model_id`)."
             )
         existing = extras_dir / CARD_NAME
-        if existing.is_file() and GENERATED_MARK not in existing.read_text(encoding="utf-8", errors="replace"):
+        if _edited_by_hand(existing):
             uploads[CARD_NAME] = existing.read_bytes()  # a person's card: upload it unchanged
         else:
             card = build_model_card(_card_view(Path(scratch) / "card", sources, uploads, extras_dir), repo_id=repo_id,

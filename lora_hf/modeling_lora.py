@@ -278,10 +278,14 @@ class LoraPreTrainedModel(PreTrainedModel):
         return backbone
 
     # ----- which tensors are ours --------------------------------------------------------
+    def new_parameter_names(self) -> set:
+        """Parameters the base checkpoint did not provide: the adapters and tensors it lacked (a new head)."""
+        return self._group_members("lora") | set(self.newly_initialized_keys)
+
     def adapter_state_keys(self) -> list:
         """State-dict keys saved in an adapter-only checkpoint: LoRA, the groups trained so far and in the
         active phase, and anything else that requires grad now. Tied weights appear once."""
-        names = self._group_members("lora") | set(self.newly_initialized_keys)
+        names = self.new_parameter_names()
         for group in self.config.trained_groups + list(self.config.phase_trainable.get(self.active_phase, [])):
             names |= self._group_members(group)
         names |= {n for n, p in self.named_parameters() if p.requires_grad}
@@ -584,7 +588,7 @@ class LoraPreTrainedModel(PreTrainedModel):
         if strict_full:
             required = set(own)
         else:
-            required = self._group_members("lora") | set(self.newly_initialized_keys)
+            required = self.new_parameter_names()
             for group in self.config.trained_groups:
                 required |= self._group_members(group)
         fresh = []

@@ -495,14 +495,19 @@ def _recorded_hyperparameters(phase, full, lora_kwargs, data_args, training_args
         values["texts (train + held out)"] = f"{len(pretrain_texts) - held_out:,d} + {held_out:,d}"
     pretrained_rate = getattr(training_args, "pretrained_learning_rate", None)  # a plain TrainingArguments has none
     if not full and pretrained_rate is not None:
-        rate = phase_args.pretrain_learning_rate if phase == "pretrain" and phase_args.pretrain_learning_rate else training_args.learning_rate
-        values["learning rate: adapters, new tensors"] = rate
+        values["learning rate: adapters, new tensors"] = _phase_learning_rate(phase, training_args, phase_args)
         values["learning rate: pretrained weights"] = pretrained_rate
     if not full:
         targets = lora_kwargs["target_modules"]
         values.update({"LoRA r": lora_kwargs["r"], "LoRA alpha": lora_kwargs["lora_alpha"], "LoRA dropout": lora_kwargs["lora_dropout"],
                        "target modules": targets if isinstance(targets, str) else ", ".join(targets)})
     return values
+
+
+def _phase_learning_rate(phase: str, training_args: TrainingArguments, phase_args: PhaseArguments) -> float:
+    if phase == "pretrain" and phase_args.pretrain_learning_rate is not None:
+        return phase_args.pretrain_learning_rate
+    return training_args.learning_rate
 
 
 def _pretrain_held_out(n_texts: int, phase_args: PhaseArguments) -> int:
@@ -552,8 +557,7 @@ def _run_pretrain(base, encoder, lora_kwargs, texts, tokenizer, data_args, train
         "metric_for_best_model": "loss",
         "greater_is_better": False,
     }
-    if phase_args.pretrain_learning_rate is not None:
-        overrides["learning_rate"] = phase_args.pretrain_learning_rate
+    overrides["learning_rate"] = _phase_learning_rate("pretrain", training_args, phase_args)
     if phase_args.pretrain_per_device_train_batch_size is not None:
         overrides["per_device_train_batch_size"] = phase_args.pretrain_per_device_train_batch_size
     args = _phase_args(training_args, phase_dir, **overrides)
@@ -654,7 +658,7 @@ class _Trainer(Trainer):
             return optimizer
         # At the LoRA rate, AdamW moves every row of a tied embedding/decoder matrix by ~lr a step, and the
         # pretrain phase's random MLM head steers it: two-phase runs then lost 2-3 points of accuracy.
-        fresh = lora_model._group_members("lora") | set(lora_model.newly_initialized_keys)
+        fresh = lora_model.new_parameter_names()
         fresh_ids = {id(p) for n, p in lora_model.named_parameters() if n in fresh}
         trainable_ids = {id(p) for p in lora_model.parameters() if p.requires_grad}
         grouped = {id(p) for g in optimizer.param_groups for p in g["params"]}
