@@ -14,6 +14,7 @@ Example:
 import contextlib
 import dataclasses
 import difflib
+import enum
 import hashlib
 import importlib.util
 import json
@@ -70,6 +71,17 @@ __all__ = ["ModelArguments", "LoraArguments", "PhaseArguments", "LoraTrainingArg
 
 RESULTS_NAME = "all_results.json"
 PHASE_DONE = "phase_results.json"
+PHASE_ARGUMENTS = "run_arguments.json"
+# Arguments that change no trained weight and no reported metric: a resumed run may change them.
+_BOOKKEEPING = {"output_dir", "overwrite_output_dir", "resume_from_checkpoint", "disable_tqdm", "report_to", "run_name", "project",
+                "push_to_hub", "local_rank", "ddp_timeout", "skip_memory_metrics", "include_num_input_tokens_seen",
+                "dataloader_num_workers", "dataloader_pin_memory", "dataloader_persistent_workers", "dataloader_prefetch_factor",
+                "torch_empty_cache_steps", "enable_jit_checkpoint"}
+_BOOKKEEPING_PREFIXES = ("logging_", "log_", "hub_", "trackio_", "save_")
+# Arguments the pretrain phase does not read: changing them on resume keeps a finished pretrain phase.
+_FINETUNE_ONLY = {"num_train_epochs", "max_steps", "skip_finetune", "merge_between_phases", "full_finetune", "task", "label_column",
+                  "validation_file", "test_file", "max_eval_samples", "do_eval", "do_predict", "load_best_model_at_end",
+                  "metric_for_best_model", "greater_is_better", "finetune_trainable"}
 # Finetune-only LoRA on the default task (3 epochs, batches grouped by length), validation / test accuracy:
 # 1e-3 82.9% / 84.7%, 2e-3 83.5% / 85.3%, 3e-3 82.2% / 85.1%.
 LORA_LEARNING_RATE = 2e-3
@@ -381,6 +393,74 @@ def _check_output_dir(model_args: ModelArguments, args: TrainingArguments) -> Pa
     return out
 
 
+def _phase_arguments(phase: str, base: str, *groups) -> dict:
+    """The arguments that shape what `phase` trains and reports, with their digest, as recorded in `<phase>/run_arguments.json`."""
+    values = {}
+    for group in groups:
+        for f in dataclasses.fields(group):
+            name = f.name
+            if not f.init or name in _BOOKKEEPING or name.startswith(_BOOKKEEPING_PREFIXES):
+                continue
+            if phase == "pretrain" and name in _FINETUNE_ONLY:
+                continue
+            values[name] = _plain(getattr(group, name))
+    values["model_name_or_path"] = base
+    values = json.loads(json.dumps(values, sort_keys=True, default=str))
+    digest = hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()
+    return {"digest": digest, "arguments": values}
+
+
+def _plain(value):
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {k: _plain(v) for k, v in dataclasses.asdict(value).items()}
+    if isinstance(value, enum.Enum):
+        return value.value
+    return value
+
+
+def _check_reusable(phase_dir: Path, wanted: dict) -> None:
+    """Refuse to continue a phase that an earlier run trained with other arguments (or recorded none)."""
+    recorded_file = phase_dir / PHASE_ARGUMENTS
+    if not recorded_file.is_file():
+        if (phase_dir / PHASE_DONE).is_file() or any(phase_dir.glob("checkpoint-*")):
+            raise DataError(
+                f"{str(phase_dir)!r} holds a {phase_dir.name} phase without a record of its arguments ({PHASE_ARGUMENTS}), so it "
+                "cannot be continued safely; pass `--overwrite_output_dir` to train again or a new `--output_dir`."
+            )
+        return
+    try:
+        recorded = json.loads(recorded_file.read_text())
+        old = recorded["arguments"]
+        same = recorded["digest"] == wanted["digest"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise DataError(f"{str(recorded_file)!r} is not readable; pass `--overwrite_output_dir` to train again.") from None
+    if same:
+        return
+    new = wanted["arguments"]
+    changed = [f"`{k}` {old.get(k, '(unset)')!r} -> {new.get(k, '(unset)')!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    raise DataError(
+        f"The {phase_dir.name} phase in {str(phase_dir)!r} was trained with other arguments ({'; '.join(changed[:6]) or 'digest differs'}); "
+        "`--resume_from_checkpoint` continues only a run with the same arguments. Pass `--overwrite_output_dir` to train "
+        "again from scratch, or a new `--output_dir`."
+    )
+
+
+def _clear_previous_run(out: Path) -> None:
+    """`--overwrite_output_dir`: remove what an earlier run wrote there, so that none of it is reused or published."""
+    import shutil
+
+    from .model_dir import TOKENIZER_FILES
+
+    for phase in ("pretrain", "finetune"):
+        if (out / phase).is_dir():
+            shutil.rmtree(out / phase)
+    for name in (RESULTS_NAME, *_PUBLISHED, "loss_curve.png", *TOKENIZER_FILES):
+        (out / name).unlink(missing_ok=True)
+    card = out / "README.md"
+    if card.is_file() and "lora_hf:generated-card" in card.read_text(encoding="utf-8", errors="replace"):
+        card.unlink()  # a generated card describes the old run; a card the user wrote stays
+
+
 def _finished(phase_dir: Path) -> dict | None:
     done = phase_dir / PHASE_DONE
     return json.loads(done.read_text()) if done.is_file() else None
@@ -459,10 +539,25 @@ def run_two_phase(
     }
     histories = {}
     pretrain_dir, finetune_dir = out / "pretrain", out / "finetune"
+    groups = (model_args, lora_args, data_args, training_args, phase_args)
+    arguments = {phase: _phase_arguments(phase, base, *groups) for phase in ran if ran[phase]}
+    with training_args.main_process_first(desc="check output_dir"):
+        if model_args.overwrite_output_dir and not training_args.resume_from_checkpoint:
+            if training_args.should_save:
+                _clear_previous_run(out)
+        else:
+            for phase in arguments:
+                _check_reusable(out / phase, arguments[phase])
+
+    def record_arguments(phase_dir: Path) -> None:
+        if training_args.should_save:
+            phase_dir.mkdir(parents=True, exist_ok=True)
+            _write_json(phase_dir / PHASE_ARGUMENTS, arguments[phase_dir.name])  # before any checkpoint of the phase
 
     if run_pretrain:
         done = _finished(pretrain_dir)
         if done is None:
+            record_arguments(pretrain_dir)
             done = _run_pretrain(base, encoder, lora_kwargs, pretrain_texts, tokenizer, data_args, training_args, phase_args, pretrain_dir)
         results["pretrain"] = done["metrics"]
         histories["pretrain"] = done["log_history"]
@@ -470,6 +565,7 @@ def run_two_phase(
     if task_data is not None:
         done = _finished(finetune_dir)
         if done is None:
+            record_arguments(finetune_dir)
             start = _phase_start(base, encoder, full, run_pretrain, model_args, pretrain_dir, out, training_args)
             done = _run_finetune(start, task, labels, lora_kwargs, task_data, tokenizer, data_args, training_args, finetune_dir, full)
         results["finetune"] = done["metrics"]
@@ -698,13 +794,15 @@ def _count_params(model) -> tuple:
     return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
 
 
+_PUBLISHED = ("config.json", "model.safetensors", "configuration_lora.py", "lora_layers.py", "modeling_lora.py", "generation_config.json")
+
+
 def _publish_final(final_dir: Path, out: Path, tokenizer, results: dict, histories: dict) -> None:
     """Copy the last phase's model to the top directory, with results, the loss picture and the card."""
     import shutil
 
-    keep = {"config.json", "model.safetensors", "configuration_lora.py", "lora_layers.py", "modeling_lora.py", "generation_config.json"}
     for item in final_dir.iterdir():
-        if item.is_file() and item.name in keep:
+        if item.is_file() and item.name in _PUBLISHED:
             tmp = out / f".{item.name}.tmp"
             shutil.copyfile(item, tmp)
             os.replace(tmp, out / item.name)
