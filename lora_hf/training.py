@@ -63,6 +63,7 @@ from .modeling_lora import (
     LoraForSequenceClassification,
     LoraForTokenClassification,
     LoraPreTrainedModel,
+    check_base_weights,
 )
 
 logger = logging.get_logger(__name__)
@@ -197,7 +198,8 @@ def _tokenize_text(ds, tokenizer, data_args: DataArguments, columns: list):
 
     def encode(batch):
         nonlocal too_long
-        pair = batch[data_args.text_pair_column] if data_args.text_pair_column else None
+        # The pretrain texts are one column: the pair column belongs to the task data only.
+        pair = batch[data_args.text_pair_column] if data_args.text_pair_column in batch else None
         full = tokenizer(batch[columns[0]], pair, truncation=False)
         too_long += sum(len(ids) > data_args.max_seq_length for ids in full["input_ids"])
         return tokenizer(batch[columns[0]], pair, truncation=True, max_length=data_args.max_seq_length)
@@ -496,6 +498,7 @@ def run_two_phase(
     # Everything that can be wrong is checked before the first step: config, targets, data, labels.
     if base.startswith(("/", ".", "~")) and not os.path.isdir(base):
         raise DataError(f"`--model_name_or_path` {base!r} is not a directory; pass a local model directory or a Hub id ('user/name').")
+    check_base_weights(base)
     backbone_config = AutoConfig.from_pretrained(base)
     encoder = _is_encoder(backbone_config)
     lora_kwargs = lora_args.lora_config_kwargs()
@@ -623,7 +626,7 @@ def _phase_start(base, encoder, full, ran_pretrain, model_args, pretrain_dir, ou
             lm = lm_class.from_pretrained(pretrain_dir, base_model_name_or_path=base).merge_and_unload()
             body = getattr(lm, lm.base_model_prefix)
             # The LM body lacks the base's pooler: start from the full base and overwrite what phase 1 changed.
-            bare = AutoModel.from_pretrained(base)
+            bare = AutoModel.from_pretrained(base, use_safetensors=True)
             missing = bare.load_state_dict(body.state_dict(), strict=False).missing_keys
             logger.info(f"Merged phase-1 adapters into a new base; kept from the original base: {missing}")
             bare.save_pretrained(merged)
@@ -676,7 +679,7 @@ def _run_finetune(start, task, labels, lora_kwargs, task_data, tokenizer, data_a
         label_kwargs["pad_token_id"] = tokenizer.pad_token_id
     lora_class = TASK_CLASSES[task]
     if full:
-        model = lora_class.backbone_auto_class.from_pretrained(start["base"], **label_kwargs)
+        model = lora_class.backbone_auto_class.from_pretrained(start["base"], use_safetensors=True, **label_kwargs)
     elif "adapters" in start:
         overrides = {k: v for k, v in label_kwargs.items() if k != "pad_token_id"}
         model = lora_class.from_pretrained(start["adapters"], **overrides)

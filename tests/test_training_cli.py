@@ -75,3 +75,15 @@ def test_overwrite_trains_again_and_resume_refuses_changed_arguments(setup):
     assert "`r` 4 -> 2" in last_line(resumed) and "--overwrite_output_dir" in last_line(resumed), last_line(resumed)
     assert "Traceback" not in resumed.stderr
     assert (out / "model.safetensors").read_bytes() == before and json.loads((out / "config.json").read_text())["r"] == 4
+
+
+# ----- item 5: sentence pairs with a pretrain phase ------------------------------------------------
+def test_sentence_pairs_train_both_phases(setup):
+    rows = [(a, b, label) for (a, label), (b, _) in zip(sentences(24, seed=4), sentences(24, seed=5))]
+    pairs = write_csv(setup["root"] / "pairs.csv", rows, header=("premise", "hypothesis", "label"))
+    out = setup["root"] / "pairs"
+    done = train("--model_name_or_path", setup["bert"], "--train_file", pairs, "--validation_file", pairs, "--text_column", "premise",
+                 "--text_pair_column", "hypothesis", "--output_dir", out, "--pretrain_max_steps", "1", "--max_steps", "1", *FAST)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads((out / "pretrain" / "trainer_state.json").read_text())["global_step"] == 1
+    assert json.loads((out / "finetune" / "trainer_state.json").read_text())["global_step"] == 1
