@@ -185,6 +185,7 @@ def _phase_args(args: TrainingArguments, output_dir: Path, **overrides) -> Train
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(args) if f.init}
     values.update(output_dir=str(output_dir), **overrides)
     values["report_to"] = values["report_to"] or "none"  # post-init turned "none" into []
+    values["push_to_hub"] = False  # phase directories are not published; the final model is pushed once, at the end
     return type(args)(**values)
 
 
@@ -463,6 +464,87 @@ def _clear_previous_run(out: Path) -> None:
         card.unlink()  # a generated card describes the old run; a card the user wrote stays
 
 
+def _check_integrations(args: TrainingArguments) -> None:
+    """`--report_to` and `--push_to_hub` fail here, before any data or model is loaded, not after the first phase."""
+    from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK, get_reporting_integration_callbacks
+
+    names = [name for name in (args.report_to or []) if name != "none"]
+    for name in names:
+        if name != "all" and name not in INTEGRATION_TO_CALLBACK:
+            raise DataError(f"`--report_to` {name!r} is not an integration transformers knows; choose from {['none', 'all', *INTEGRATION_TO_CALLBACK]}.")
+    for name in names:
+        for callback in get_reporting_integration_callbacks(name):
+            try:
+                callback()  # each callback checks at construction that its package is installed
+            except (RuntimeError, ImportError) as err:
+                reason = " ".join(str(err).split())
+                raise DataError(f"`--report_to {name}` cannot be used: {reason} (or pass `--report_to none`).") from None
+    if args.push_to_hub:
+        _check_hub_push(args)
+
+
+def _hub_repo_id(args: TrainingArguments) -> str:
+    return args.hub_model_id or Path(args.output_dir).resolve().name
+
+
+def _check_hub_push(args: TrainingArguments) -> None:
+    from huggingface_hub import HfApi, constants
+    from huggingface_hub.utils import validate_repo_id
+
+    repo_id = _hub_repo_id(args)
+    try:
+        validate_repo_id(repo_id)
+    except Exception as err:
+        raise DataError(f"`--push_to_hub`: {repo_id!r} is not a Hub repo id ({' '.join(str(err).split())[:200]}); pass `--hub_model_id user/name`.") from None
+    if _hub_offline():
+        raise DataError("`--push_to_hub` needs the Hub, but HF_HUB_OFFLINE=1 is set; train without it and run `lora-hf push DIR REPO` later.")
+    try:
+        HfApi().whoami(token=args.hub_token)
+    except Exception as err:
+        reason = " ".join(str(err).split())[:200] or type(err).__name__
+        raise DataError(
+            f"`--push_to_hub`: the Hub ({constants.ENDPOINT}) cannot be reached or you are not logged in ({type(err).__name__}: {reason}); "
+            "log in with `hf auth login` or pass `--hub_token`, or push later with `lora-hf push DIR REPO`."
+        ) from None
+
+
+def _hub_offline() -> bool:
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE) or os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
+
+
+def _check_hub_model(base: str) -> None:
+    """A Hub id that is neither cached nor reachable fails at once, not after transformers' download retries (~30 s)."""
+    if os.path.isdir(base):
+        return
+    from huggingface_hub import HfApi, constants, try_to_load_from_cache
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    try:
+        if isinstance(try_to_load_from_cache(base, "config.json"), str):
+            return
+    except Exception:  # not a valid repo id: transformers says so below
+        return
+    if _hub_offline():
+        raise DataError(
+            f"`--model_name_or_path` {base!r} is not a local directory nor in the Hugging Face cache, and HF_HUB_OFFLINE=1 "
+            "forbids downloading it; pass a local model directory, or unset HF_HUB_OFFLINE."
+        )
+    try:
+        HfApi().model_info(base, timeout=10)
+    except RepositoryNotFoundError:
+        raise DataError(
+            f"`--model_name_or_path` {base!r} is not a local directory nor a model on the Hub ({constants.ENDPOINT}); if it is "
+            "private or gated, log in first (`hf auth login`)."
+        ) from None
+    except Exception as err:  # connection refused, DNS, timeout: httpx and requests raise their own types
+        raise DataError(
+            f"`--model_name_or_path` {base!r} is not a local directory and the Hub ({constants.ENDPOINT}) cannot be reached "
+            f"({type(err).__name__}); pass a local model directory, or set HF_HUB_OFFLINE=1 to use the cache."
+        ) from None
+
+
 def _finished(phase_dir: Path) -> dict | None:
     done = phase_dir / PHASE_DONE
     return json.loads(done.read_text()) if done.is_file() else None
@@ -487,6 +569,7 @@ def run_two_phase(
     if training_args.output_dir is None:
         raise DataError("`--output_dir` is required.")
     out = _check_output_dir(model_args, training_args)
+    _check_integrations(training_args)
     if model_args.skip_pretrain and model_args.skip_finetune:
         raise DataError("`--skip_pretrain` and `--skip_finetune` together leave nothing to run.")
     full = model_args.full_finetune
@@ -498,6 +581,7 @@ def run_two_phase(
     # Everything that can be wrong is checked before the first step: config, targets, data, labels.
     if base.startswith(("/", ".", "~")) and not os.path.isdir(base):
         raise DataError(f"`--model_name_or_path` {base!r} is not a directory; pass a local model directory or a Hub id ('user/name').")
+    _check_hub_model(base)
     check_base_weights(base)
     backbone_config = AutoConfig.from_pretrained(base)
     encoder = _is_encoder(backbone_config)
@@ -581,6 +665,11 @@ def run_two_phase(
     results["wall_seconds"] = time.perf_counter() - started  # the whole command: data, both phases, evaluation
     if training_args.should_save:
         _publish_final(final_dir, out, tokenizer, results, histories)
+        if training_args.push_to_hub:
+            from .hub import push_to_hub
+
+            info = push_to_hub(out, _hub_repo_id(training_args), private=training_args.hub_private_repo, token=training_args.hub_token)
+            print(f"Pushed {out} to {getattr(info, 'commit_url', _hub_repo_id(training_args))}")
     _print_table(results)
     return results
 

@@ -87,3 +87,45 @@ def test_sentence_pairs_train_both_phases(setup):
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads((out / "pretrain" / "trainer_state.json").read_text())["global_step"] == 1
     assert json.loads((out / "finetune" / "trainer_state.json").read_text())["global_step"] == 1
+
+
+# ----- items 3 and 4: refused before any work, in one line, exit code 2 ----------------------------
+def _blank_label(root: Path) -> list:
+    rows = [(text, "pos" if label else "neg") for text, label in sentences(10)]
+    rows[7] = (rows[7][0], "")
+    return ["--train_file", write_csv(root / "blank.csv", rows, header=("text", "sentiment")), "--label_column", "sentiment"]
+
+
+def _empty_file(root: Path) -> list:
+    (root / "empty.csv").write_bytes(b"")
+    return ["--train_file", str(root / "empty.csv")]
+
+
+UNREACHABLE = {"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9"}  # nothing listens on port 9: refused at once
+REFUSED = [
+    ("report-to-tensorboard", lambda s, r: ["--report_to", "tensorboard"], {}, ("`--report_to tensorboard` cannot be used", "tensorboard to be installed")),
+    ("report-to-wandb", lambda s, r: ["--report_to", "wandb"], {}, ("`--report_to wandb` cannot be used", "pip install wandb")),
+    ("report-to-unknown", lambda s, r: ["--report_to", "tensorbord"], {}, ("`--report_to` 'tensorbord' is not an integration", "'tensorboard'")),
+    ("push-offline", lambda s, r: ["--push_to_hub", "--hub_model_id", "me/x"], {}, ("`--push_to_hub` needs the Hub, but HF_HUB_OFFLINE=1", "lora-hf push")),
+    ("push-unreachable", lambda s, r: ["--push_to_hub", "--hub_model_id", "me/x"], UNREACHABLE, ("`--push_to_hub`: the Hub (http://127.0.0.1:9) cannot be reached",)),
+    ("hub-base-offline", lambda s, r: ["--model_name_or_path", "someone/not-cached"], {},
+     ("'someone/not-cached' is not a local directory nor in the Hugging Face cache", "HF_HUB_OFFLINE=1")),
+    ("hub-base-unreachable", lambda s, r: ["--model_name_or_path", "someone/not-cached"], UNREACHABLE,
+     ("'someone/not-cached' is not a local directory and the Hub (http://127.0.0.1:9) cannot be reached",)),
+    ("blank-label-cell", lambda s, r: _blank_label(r), {}, ("Split 'train' row 7: label column 'sentiment' is empty",)),
+    ("zero-byte-csv", lambda s, r: _empty_file(r), {}, ("`--train_file`", "empty.csv' is empty (0 bytes)")),
+]
+
+
+@pytest.mark.parametrize("make_flags, env, says", [c[1:] for c in REFUSED], ids=[c[0] for c in REFUSED])
+def test_refused_before_any_work_with_one_line(setup, tmp_path, make_flags, env, says):
+    out = tmp_path / "out"
+    flags = ["--model_name_or_path", setup["bert"], "--train_file", setup["data"]["train"]]
+    done = train(*flags, "--output_dir", out, "--skip_pretrain", "--max_steps", "1", *FAST, *make_flags(setup, tmp_path), env=env)
+    assert done.returncode == 2, done.stderr[-2000:]
+    line = last_line(done)
+    assert line.startswith("lora-hf train: error: ")
+    for phrase in says:
+        assert phrase in line, f"{phrase!r} not in {line!r}"
+    assert "Traceback" not in done.stderr
+    assert not (out / "finetune").exists()
