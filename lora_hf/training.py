@@ -73,6 +73,7 @@ __all__ = ["ModelArguments", "LoraArguments", "PhaseArguments", "LoraTrainingArg
 RESULTS_NAME = "all_results.json"
 PHASE_DONE = "phase_results.json"
 PHASE_ARGUMENTS = "run_arguments.json"
+PREDICTIONS_NAME = "predict_results.txt"
 # Arguments that change no trained weight and no reported metric: a resumed run may change them.
 _BOOKKEEPING = {"output_dir", "overwrite_output_dir", "resume_from_checkpoint", "disable_tqdm", "report_to", "run_name", "project",
                 "push_to_hub", "local_rank", "ddp_timeout", "skip_memory_metrics", "include_num_input_tokens_seen",
@@ -81,7 +82,7 @@ _BOOKKEEPING = {"output_dir", "overwrite_output_dir", "resume_from_checkpoint", 
 _BOOKKEEPING_PREFIXES = ("logging_", "log_", "hub_", "trackio_", "save_")
 # Arguments the pretrain phase does not read: changing them on resume keeps a finished pretrain phase.
 _FINETUNE_ONLY = {"num_train_epochs", "max_steps", "skip_finetune", "merge_between_phases", "full_finetune", "task", "label_column",
-                  "validation_file", "test_file", "max_eval_samples", "do_eval", "do_predict", "load_best_model_at_end",
+                  "validation_file", "test_file", "max_eval_samples", "do_predict", "load_best_model_at_end",
                   "metric_for_best_model", "greater_is_better", "finetune_trainable"}
 # Finetune-only LoRA on the default task (3 epochs, batches grouped by length), validation / test accuracy:
 # 1e-3 82.9% / 84.7%, 2e-3 83.5% / 85.3%, 3e-3 82.2% / 85.1%.
@@ -173,11 +174,25 @@ class LoraTrainingArguments(TrainingArguments):
     logging_steps: float = field(default=20, metadata={"help": "Log the loss every N steps."})
     report_to: list[str] = field(default_factory=lambda: ["none"], metadata={"help": "Integrations to report to (none, tensorboard, wandb, ...)."})
     seed: int = field(default=42, metadata={"help": "Random seed (data order, init)."})
+    # The HF example scripts act only on --do_train/--do_eval; lora-hf train always trains and evaluates
+    # unless told not to evaluate.
+    do_train: bool = field(default=True, metadata={"help": "Always true: lora-hf train trains (`false` is refused)."})
+    do_eval: bool = field(default=True, metadata={"help": "Evaluate on the validation split (and held-out pretrain text); false: no evaluation."})
+    do_predict: bool = field(default=False, metadata={"help": f"Write the test split's predicted labels to {PREDICTIONS_NAME}."})
 
     def __post_init__(self):
         # TrainingArguments would fall back to ./trainer_output: a forgotten flag must not start a long run there.
         if self.output_dir is None:
             raise DataError("`--output_dir` is required: both phases write their checkpoints and the final model there.")
+        if not self.do_train:
+            raise DataError(
+                "`--do_train false` is not supported: lora-hf train always trains. To evaluate or predict with a trained model, "
+                "load it with `AutoModelFor<Task>.from_pretrained(DIR)` (or `pipeline`)."
+            )
+        if not self.do_eval:
+            if self.load_best_model_at_end:
+                raise DataError("`--load_best_model_at_end` needs evaluation; it cannot go with `--do_eval false`.")
+            self.eval_strategy = "no"
         super().__post_init__()
 
 
@@ -508,6 +523,22 @@ def _check_hub_push(args: TrainingArguments) -> None:
         ) from None
 
 
+def _check_predict(args: TrainingArguments, task_data, task: str | None, data_args: DataArguments) -> None:
+    if not getattr(args, "do_predict", False):
+        if task_data is not None and "test" in task_data and data_args.label_column not in task_data["test"].column_names and task != "causal-lm":
+            logger.warning(f"The test split has no {data_args.label_column!r} column: it is not used. Pass `--do_predict` to write its predictions.")
+        return
+    if task_data is None or "test" not in task_data:
+        raise DataError("`--do_predict` writes predictions for the test split; pass `--test_file` (or a dataset with a `test` split).")
+    if task == "causal-lm":
+        raise DataError("`--do_predict` is for classification, regression and token-classification; a causal-lm run reports the test perplexity without it.")
+    if task == "token-classification" and data_args.label_column not in task_data["test"].column_names:
+        raise DataError(
+            f"`--do_predict` with token classification needs the test split's {data_args.label_column!r} column (it marks each word's "
+            "first token); the test split has none."
+        )
+
+
 def _hub_offline() -> bool:
     from huggingface_hub import constants
 
@@ -548,6 +579,26 @@ def _check_hub_model(base: str) -> None:
 def _finished(phase_dir: Path) -> dict | None:
     done = phase_dir / PHASE_DONE
     return json.loads(done.read_text()) if done.is_file() else None
+
+
+def _prediction_lines(output, task: str, labels: list | None) -> list:
+    """`index<TAB>prediction` lines as `run_glue.py` writes them (label names; regression values to 3 decimals);
+    token classification: the label names of each row's words, space-separated, as `run_ner.py`."""
+    lines = ["index\tprediction\n"]
+    if task == "regression":
+        values = np.squeeze(output.predictions, -1) if output.predictions.ndim > 1 else output.predictions
+        return lines + [f"{i}\t{v:3.3f}\n" for i, v in enumerate(values)]
+    ids = np.argmax(output.predictions, axis=-1)
+    if task == "token-classification":
+        rows = [" ".join(str(labels[p]) for p, l in zip(row, gold) if l != -100) for row, gold in zip(ids, output.label_ids)]
+        return lines + [f"{i}\t{row}\n" for i, row in enumerate(rows)]
+    return lines + [f"{i}\t{labels[p]}\n" for i, p in enumerate(ids)]
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def _write_json(path: Path, payload: dict) -> None:
@@ -616,6 +667,7 @@ def run_two_phase(
             raise DataError(f"`--task causal-lm` needs a decoder backbone; {backbone_config.model_type!r} is an encoder.")
         if probe is not None:  # the task model may have modules the pretrain model lacks (BERT's pooler)
             TASK_CLASSES[task]._check_targets_on_meta(probe)
+    _check_predict(training_args, task_data, task, data_args)
 
     results = {"base_model": base, "task": task, "full_finetune": full}
     ran = {"pretrain": run_pretrain, "finetune": task_data is not None}
@@ -792,10 +844,14 @@ def _run_finetune(start, task, labels, lora_kwargs, task_data, tokenizer, data_a
         args = _phase_args(args, phase_dir, metric_for_best_model="loss", greater_is_better=False)
     args = _phase_args(args, phase_dir)
     compute_metrics = _compute_metrics_fn(task, len(labels or []))
-    return _train_phase(model, args, encoded["train"], encoded.get("validation"), encoded.get("test"), collator, tokenizer, phase_dir, training_args, compute_metrics)
+    predict = {"task": task, "labels": labels} if getattr(training_args, "do_predict", False) else None
+    return _train_phase(model, args, encoded["train"], encoded.get("validation"), encoded.get("test"), collator, tokenizer, phase_dir,
+                        training_args, compute_metrics, predict)
 
 
-def _train_phase(model, args, train, evals, test, collator, tokenizer, phase_dir, top_args, compute_metrics=None) -> dict:
+def _train_phase(model, args, train, evals, test, collator, tokenizer, phase_dir, top_args, compute_metrics=None, predict=None) -> dict:
+    if isinstance(top_args, LoraTrainingArguments) and not top_args.do_eval:
+        evals = None  # --do_eval false (a plain TrainingArguments' do_eval only mirrors its eval_strategy)
     if evals is None and args.eval_strategy != "no":
         args = _phase_args(args, phase_dir, eval_strategy="no", load_best_model_at_end=False)
     trainer = _Trainer(
@@ -820,6 +876,11 @@ def _train_phase(model, args, train, evals, test, collator, tokenizer, phase_dir
         if ds is not None and (language_model or "labels" in ds.column_names):
             result = trainer.evaluate(ds, metric_key_prefix=prefix)
             metrics.update(_add_perplexity(result, prefix) if language_model else result)
+    predictions = None
+    if predict is not None:
+        unlabelled = test.remove_columns(["labels"]) if "labels" in test.column_names else test
+        output = trainer.predict(unlabelled if predict["task"] != "token-classification" else test, metric_key_prefix="predict")
+        predictions = _prediction_lines(output, predict["task"], predict["labels"])
     trainable, total = _count_params(model)
     done = {"metrics": metrics, "log_history": trainer.state.log_history, "trainable_params": trainable, "total_params": total}
     if trainer.is_world_process_zero():
@@ -828,6 +889,8 @@ def _train_phase(model, args, train, evals, test, collator, tokenizer, phase_dir
             trainer.save_state()
             trainer.save_metrics("all", metrics, combined=False)
             plot_loss_curves({phase_dir.name: trainer.state.log_history}, phase_dir / "loss_curve.png")
+            if predictions is not None:
+                _atomic_text(phase_dir / PREDICTIONS_NAME, "".join(predictions))
             _write_json(phase_dir / PHASE_DONE, done)  # written last: marks the phase complete for --resume_from_checkpoint
     trainer.accelerator.wait_for_everyone()
     return done
@@ -886,7 +949,8 @@ def _count_params(model) -> tuple:
     return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
 
 
-_PUBLISHED = ("config.json", "model.safetensors", "configuration_lora.py", "lora_layers.py", "modeling_lora.py", "generation_config.json")
+_PUBLISHED = ("config.json", "model.safetensors", "configuration_lora.py", "lora_layers.py", "modeling_lora.py", "generation_config.json",
+              PREDICTIONS_NAME)
 
 
 def _publish_final(final_dir: Path, out: Path, tokenizer, results: dict, histories: dict) -> None:

@@ -1,6 +1,7 @@
 """Two-phase training with the HF Trainer, on tiny models: phases, heads, resume, DDP, bad data."""
 
 import json
+import re
 import os
 import signal
 import subprocess
@@ -301,3 +302,23 @@ def test_a_card_the_user_wrote_in_the_output_directory_is_kept(bert_dir, csv_dat
                  "--skip_pretrain", "--max_steps", "1", *FAST]) == 0
     assert (out / "README.md").read_text() == "# notes I keep here\n"
     assert (out / "all_results.json").is_file() and (out / "model.safetensors").is_file()
+
+
+def test_do_predict_writes_regression_values_and_word_labels(bert_dir, tmp_path):
+    reg = [{"text": t, "label": float(l) * 2.5 - 0.3} for t, l in sentences(16)]
+    reg_file = write_jsonl(tmp_path / "reg.jsonl", reg)
+    out = tmp_path / "reg"
+    assert main(["--model_name_or_path", bert_dir, "--train_file", reg_file, "--test_file", reg_file, "--do_predict",
+                 "--output_dir", str(out), "--skip_pretrain", "--max_steps", "1", *FAST]) == 0
+    lines = (out / "predict_results.txt").read_text().splitlines()
+    assert lines[0] == "index\tprediction" and len(lines) == 17
+    assert all(re.fullmatch(r"\d+\t-?\d+\.\d{3}", line) for line in lines[1:])  # run_glue.py: f"{value:3.3f}"
+
+    tok = [{"tokens": t.split(), "tags": ["POS" if i == 0 else "O" for i, _ in enumerate(t.split())]} for t, _ in sentences(12)]
+    tok_file = write_jsonl(tmp_path / "tok.jsonl", tok)
+    out = tmp_path / "tok"
+    assert main(["--model_name_or_path", bert_dir, "--train_file", tok_file, "--test_file", tok_file, "--do_predict",
+                 "--text_column", "tokens", "--label_column", "tags", "--output_dir", str(out), "--skip_pretrain", "--max_steps", "1", *FAST]) == 0
+    rows = [line.split("\t")[1].split() for line in (out / "predict_results.txt").read_text().splitlines()[1:]]
+    assert [len(r) for r in rows] == [len(row["tokens"]) for row in tok]  # one label per word, as run_ner.py
+    assert {tag for r in rows for tag in r} <= {"O", "POS"}

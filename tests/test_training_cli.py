@@ -114,6 +114,8 @@ REFUSED = [
      ("'someone/not-cached' is not a local directory and the Hub (http://127.0.0.1:9) cannot be reached",)),
     ("blank-label-cell", lambda s, r: _blank_label(r), {}, ("Split 'train' row 7: label column 'sentiment' is empty",)),
     ("zero-byte-csv", lambda s, r: _empty_file(r), {}, ("`--train_file`", "empty.csv' is empty (0 bytes)")),
+    ("do-train-false", lambda s, r: ["--do_train", "false"], {}, ("`--do_train false` is not supported: lora-hf train always trains",)),
+    ("do-predict-without-test", lambda s, r: ["--do_predict"], {}, ("`--do_predict` writes predictions for the test split; pass `--test_file`",)),
 ]
 
 
@@ -129,3 +131,22 @@ def test_refused_before_any_work_with_one_line(setup, tmp_path, make_flags, env,
         assert phrase in line, f"{phrase!r} not in {line!r}"
     assert "Traceback" not in done.stderr
     assert not (out / "finetune").exists()
+
+
+# ----- item 2: the flags the HF example scripts act on -----------------------------------------------
+def test_do_predict_writes_label_names_and_do_eval_false_evaluates_nothing(setup):
+    root = setup["root"]
+    named = [(text, "pos" if label else "neg") for text, label in sentences(32, seed=6)]
+    train_file = write_csv(root / "named.csv", named)
+    unlabelled = write_csv(root / "unlabelled.csv", [(text,) for text, _ in sentences(12, seed=7)], header=("text",))
+    out = root / "predict"
+    done = train("--model_name_or_path", setup["bert"], "--train_file", train_file, "--validation_file", train_file, "--test_file", unlabelled,
+                 "--output_dir", out, "--skip_pretrain", "--max_steps", "2", "--do_predict", "--do_eval", "false", *FAST)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = (out / "predict_results.txt").read_text().splitlines()
+    assert lines[0] == "index\tprediction" and len(lines) == 13  # run_glue.py's format: one line per test row
+    assert [line.split("\t")[0] for line in lines[1:]] == [str(i) for i in range(12)]
+    assert {line.split("\t")[1] for line in lines[1:]} <= {"neg", "pos"}
+    assert (out / "finetune" / "predict_results.txt").read_text() == (out / "predict_results.txt").read_text()
+    state = json.loads((out / "finetune" / "trainer_state.json").read_text())
+    assert not [h for h in state["log_history"] if "eval_loss" in h]  # --do_eval false: no evaluation at all
