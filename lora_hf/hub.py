@@ -48,7 +48,8 @@ __all__ = [
 TEMPLATE_NAME = "lora_model_card.md"
 CARD_NAME = "README.md"
 LOSS_PICTURE = "loss_curve.png"
-RESULTS_NAME = "all_results.json"
+RESULTS_NAME = "all_results.json"  # flat metrics, as the HF example scripts write them
+RECORD_NAME = "run_record.json"  # lora-hf train's structured record of both phases: what the card reads
 GENERATION_CONFIG_NAME = "generation_config.json"
 # Marks a card this module rendered; a README.md without it was written by a person and is pushed as it is.
 GENERATED_MARK = "lora_hf:generated-card"
@@ -260,6 +261,15 @@ def _hyperparameters(phase_dir: Path, recorded: dict) -> list:
     return [(name, _fmt(value)) for name, value in values.items() if value is not None]
 
 
+def _read_run_record(model_dir: Path):
+    """The run's structured record; directories trained before it had its own file kept it in `all_results.json`."""
+    record = _read_json(model_dir / RECORD_NAME)
+    if isinstance(record, dict):
+        return record
+    legacy = _read_json(model_dir / RESULTS_NAME)
+    return legacy if isinstance(legacy, dict) and any(isinstance(legacy.get(p), dict) for p in ("pretrain", "finetune")) else None
+
+
 def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:60] or "custom"
 
@@ -268,7 +278,7 @@ def _card_inputs(model_dir: Path, results: dict | None, repo_id: str | None, lic
     """`(ModelCardData, template variables)` for the lora_hf model saved in `model_dir`."""
     config = check_model_dir(model_dir)
     if results is None:
-        results = _read_json(model_dir / RESULTS_NAME)
+        results = _read_run_record(model_dir)
     results = results if isinstance(results, dict) else {}
     arch = (config.architectures or ["LoraModel"])[0]
     pipeline_tag = PIPELINE_TAGS.get(arch)
@@ -386,7 +396,7 @@ def _card_inputs(model_dir: Path, results: dict | None, repo_id: str | None, lic
 
 def build_model_card(model_dir, results: dict | None = None, *, repo_id: str | None = None, license: str | None = None,
                      datasets: dict | None = None) -> ModelCard:
-    """Render the card of the lora_hf model in `model_dir` (results from `all_results.json` unless given).
+    """Render the card of the lora_hf model in `model_dir` (results from `run_record.json` unless given).
 
     `datasets` maps a phase (`pretrain`, `finetune`) to the data it used: a Hub dataset id also goes
     to the metadata, anything else (a file, a description) to the body only.
@@ -402,7 +412,7 @@ def _edited_by_hand(card_path: Path) -> bool:
 
 
 def write_model_card(model_dir, results: dict | None = None, *, overwrite: bool = False, **kwargs) -> Path | None:
-    """Write `README.md` into `model_dir`, reading `all_results.json` there unless `results` are given.
+    """Write `README.md` into `model_dir`, reading `run_record.json` there unless `results` are given.
 
     A directory holding a plain `transformers` model (a `--full_finetune` run) gets no card: the
     function logs why and returns None, so that training never fails on its card. A card edited by
@@ -469,7 +479,7 @@ def hub_files(model_dir) -> list:
     missing = [name for name in (CONFIG_NAME, WEIGHTS_NAME, *CODE_FILES) if not (model_dir / name).is_file()]
     if missing:
         raise OSError(f"{str(model_dir)!r} lacks {missing}; save the model again with `save_pretrained` (it writes the code files).")
-    optional = [GENERATION_CONFIG_NAME, LOSS_PICTURE, RESULTS_NAME, *tokenizer_files(model_dir)]
+    optional = [GENERATION_CONFIG_NAME, LOSS_PICTURE, RESULTS_NAME, RECORD_NAME, *tokenizer_files(model_dir)]
     return [CONFIG_NAME, WEIGHTS_NAME, *CODE_FILES, *(name for name in optional if (model_dir / name).is_file())]
 
 
@@ -498,7 +508,7 @@ def push_to_hub(model_or_dir, repo_id: str, *, private: bool | None = None, toke
 
     The commit holds config.json, model.safetensors, the three modelling files, README.md (rendered
     for `repo_id`, unless the directory's README.md is a hand-edited card) and, when present,
-    loss_curve.png, all_results.json, generation_config.json and the tokenizer files.
+    loss_curve.png, all_results.json, run_record.json, generation_config.json and the tokenizer files.
     `base_model_id` replaces a local `base_model_name_or_path` in the uploaded config.json with a Hub
     id, so that an adapter-only upload loads elsewhere (the base fingerprint still guards the match).
     A model object is saved first; the extras then come from `source_dir` (the directory it was trained
@@ -518,7 +528,7 @@ def push_to_hub(model_or_dir, repo_id: str, *, private: bool | None = None, toke
             sources = {name: model_dir / name for name in hub_files(model_dir)}
             origin = source_dir or getattr(model_or_dir, "name_or_path", None)
             extras_dir = Path(origin) if origin and Path(origin).is_dir() else model_dir
-            for name in (LOSS_PICTURE, RESULTS_NAME, *tokenizer_files(extras_dir)):
+            for name in (LOSS_PICTURE, RESULTS_NAME, RECORD_NAME, *tokenizer_files(extras_dir)):
                 if (extras_dir / name).is_file() and name not in sources:
                     sources[name] = extras_dir / name
         # Files go up from disk (weights can be large); only what is rewritten here is held in memory.

@@ -3,8 +3,8 @@
 Phase 1, `pretrain`: language modelling on unlabeled text (masked LM for encoders, causal LM for
 decoders), training `config.phase_trainable["pretrain"]`. Phase 2, `finetune`: the task, starting
 from phase 1's adapters, training `config.phase_trainable["finetune"]`. Each phase is a plain
-`Trainer` run writing `<output_dir>/<phase>/`; the top directory gets the final model and
-`all_results.json`.
+`Trainer` run writing `<output_dir>/<phase>/`; the top directory gets the final model,
+`all_results.json` (flat, as the HF example scripts write it) and `run_record.json` (both phases, for the card).
 
 Example:
     >>> from lora_hf.training import main
@@ -70,7 +70,8 @@ logger = logging.get_logger(__name__)
 
 __all__ = ["ModelArguments", "LoraArguments", "PhaseArguments", "LoraTrainingArguments", "run_two_phase", "main", "default_base_model"]
 
-RESULTS_NAME = "all_results.json"
+RESULTS_NAME = "all_results.json"  # flat, as run_glue.py writes it
+RECORD_NAME = "run_record.json"  # the structured record: both phases, data, hyperparameters (read by the model card)
 PHASE_DONE = "phase_results.json"
 PHASE_ARGUMENTS = "run_arguments.json"
 PREDICTIONS_NAME = "predict_results.txt"
@@ -472,7 +473,7 @@ def _clear_previous_run(out: Path) -> None:
     for phase in ("pretrain", "finetune"):
         if (out / phase).is_dir():
             shutil.rmtree(out / phase)
-    for name in (RESULTS_NAME, *_PUBLISHED, "loss_curve.png", *TOKENIZER_FILES):
+    for name in (RESULTS_NAME, RECORD_NAME, *_PUBLISHED, "loss_curve.png", *TOKENIZER_FILES):
         (out / name).unlink(missing_ok=True)
     card = out / "README.md"
     if card.is_file() and "lora_hf:generated-card" in card.read_text(encoding="utf-8", errors="replace"):
@@ -614,7 +615,8 @@ def run_two_phase(
     training_args: TrainingArguments,
     phase_args: PhaseArguments | None = None,
 ) -> dict:
-    """Run the pretrain and finetune phases; return the metrics also written to `all_results.json`."""
+    """Run the pretrain and finetune phases; return the structured record written to `run_record.json`
+    (`all_results.json` holds its flat form, `flat_results`)."""
     started = time.perf_counter()
     phase_args = phase_args or PhaseArguments()
     if training_args.output_dir is None:
@@ -670,6 +672,10 @@ def run_two_phase(
     _check_predict(training_args, task_data, task, data_args)
 
     results = {"base_model": base, "task": task, "full_finetune": full}
+    if task is not None:
+        results["columns"] = {"text": data_args.text_column, "text_pair": data_args.text_pair_column,
+                              "label": None if task == "causal-lm" else data_args.label_column}
+        results["label_names"] = [str(label) for label in labels] if labels is not None else None
     ran = {"pretrain": run_pretrain, "finetune": task_data is not None}
     results["datasets"] = {phase: text for phase, text in data_args.describe().items() if ran[phase]}
     results["hyperparameters"] = {
@@ -964,7 +970,8 @@ def _publish_final(final_dir: Path, out: Path, tokenizer, results: dict, histori
             os.replace(tmp, out / item.name)
     tokenizer.save_pretrained(out)
     plot_loss_curves(histories, out / "loss_curve.png")
-    _write_json(out / RESULTS_NAME, results)
+    _write_json(out / RECORD_NAME, results)
+    _write_json(out / RESULTS_NAME, flat_results(results))
     try:
         from .hub import write_model_card
     except ImportError:  # the card module is optional
@@ -975,20 +982,38 @@ def _publish_final(final_dir: Path, out: Path, tokenizer, results: dict, histori
         logger.warning(str(err))
 
 
+def flat_results(results: dict) -> dict:
+    """`all_results.json` as the HF example scripts write it: the final phase's `train_*`, `eval_*` and `test_*` metrics
+    at the top level, the pretrain phase's (when a finetune phase followed it) as `pretrain_train_*`, `pretrain_eval_*`."""
+    final = results.get("finetune") or results.get("pretrain") or {}
+    flat = dict(final)
+    if results.get("finetune") and results.get("pretrain"):
+        flat.update({f"pretrain_{key}": value for key, value in results["pretrain"].items()})
+    return flat
+
+
 def _print_table(results: dict) -> None:
     rows = []
     for phase in ("pretrain", "finetune"):
         for key, value in sorted((results.get(phase) or {}).items()):
             if key.startswith(("eval_", "test_")) and isinstance(value, float) and not key.endswith(("_runtime", "_per_second")):
                 rows.append((phase, key, value))
-    if not rows:
+    if not rows and not results.get("task"):
         return
-    width = max(len(k) for _, k, _ in rows)
+    width = max([len(k) for _, k, _ in rows] + [20])
     print("\n" + "=" * (width + 24))
     print(f"{'phase':<10}{'metric':<{width + 2}}{'value':>10}")
     print("-" * (width + 24))
     for phase, key, value in rows:
         print(f"{phase:<10}{key:<{width + 2}}{value:>10.4f}")
+    columns = results.get("columns") or {}
+    if results.get("task"):
+        used = f"text column {columns.get('text')!r}" + (f" + pair {columns['text_pair']!r}" if columns.get("text_pair") else "")
+        used += f", label column {columns['label']!r}" if columns.get("label") else ""
+        print("-" * (width + 24))
+        print(f"task: {results['task']}; {used}")
+        if results.get("label_names"):
+            print(f"labels: {', '.join(results['label_names'])}")
     if "trainable_params" in results:
         share = 100 * results["trainable_params"] / results["total_params"]
         print("-" * (width + 24))

@@ -143,6 +143,7 @@ def test_do_predict_writes_label_names_and_do_eval_false_evaluates_nothing(setup
     done = train("--model_name_or_path", setup["bert"], "--train_file", train_file, "--validation_file", train_file, "--test_file", unlabelled,
                  "--output_dir", out, "--skip_pretrain", "--max_steps", "2", "--do_predict", "--do_eval", "false", *FAST)
     assert done.returncode == 0, done.stderr[-2000:]
+    assert "task: classification; text column 'text', label column 'label'\nlabels: neg, pos\n" in done.stdout  # the final table
     lines = (out / "predict_results.txt").read_text().splitlines()
     assert lines[0] == "index\tprediction" and len(lines) == 13  # run_glue.py's format: one line per test row
     assert [line.split("\t")[0] for line in lines[1:]] == [str(i) for i in range(12)]
