@@ -131,8 +131,10 @@ def _looks_like_hub_id(name) -> bool:
 def hub_base_model(base_model_name_or_path) -> tuple:
     """`(hub_id or None, note)`: the Hub id of the base model for the card's `base_model`, and how it was found.
 
-    A base loaded from a local directory counts when its config records a Hub id as `_name_or_path`
-    (MiniLM's says "nreimers/MiniLM-L6-H384-uncased"); otherwise there is no id and the note says why.
+    A base loaded from a local directory counts when its own README loads it by one Hub id (the packaged
+    MiniLM's: "sentence-transformers/all-MiniLM-L6-v2"), else when its config records a Hub id as `_name_or_path`.
+    The README goes first: `_name_or_path` may name the model it was trained from (MiniLM's config says
+    "nreimers/MiniLM-L6-H384-uncased"). Otherwise there is no id and the note says why.
     """
     name = base_model_name_or_path
     if not name:
@@ -143,6 +145,12 @@ def hub_base_model(base_model_name_or_path) -> tuple:
             recorded = json.loads((local / CONFIG_NAME).read_text()).get("_name_or_path")
         except (OSError, ValueError, AttributeError):
             recorded = None
+        named = _readme_hub_id(local)
+        if named:
+            return named, (
+                f"The base was loaded from the local directory `{name}`, whose own README loads it as `{named}`: "
+                "the `base_model` given here."
+            )
         if _looks_like_hub_id(recorded):
             return recorded, (
                 f"The base was loaded from the local directory `{name}`; its config records `{recorded}` as its origin, "
@@ -155,6 +163,16 @@ def hub_base_model(base_model_name_or_path) -> tuple:
     if _looks_like_hub_id(str(name)):
         return str(name), ""
     return None, f"`{name}` is neither a Hub id nor a directory here, so the card metadata has no `base_model`."
+
+
+def _readme_hub_id(local: Path) -> str | None:
+    """The one Hub id a model directory's README loads itself by (`from_pretrained('id')`, `SentenceTransformer('id')`)."""
+    try:
+        text = (local / CARD_NAME).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    found = {m for m in re.findall(r"(?:from_pretrained|SentenceTransformer)\(\s*['\"]([^'\"]+)['\"]", text) if _looks_like_hub_id(m) and "/" in m}
+    return found.pop() if len(found) == 1 else None
 
 
 def _base_license(base_model_name_or_path) -> str | None:
@@ -249,16 +267,33 @@ def _metric_rows(phase: str, metrics: dict) -> list:
 def _hyperparameters(phase_dir: Path, recorded: dict) -> list:
     state = _read_json(phase_dir / "trainer_state.json") or {}
     values = {}
+    recorded = recorded if isinstance(recorded, dict) else {}
     if state:
         rates = [h["learning_rate"] for h in state.get("log_history", []) if isinstance(h.get("learning_rate"), (int, float))]
+        epochs = state.get("epoch")  # as run: --max_steps may stop before num_train_epochs
         values.update({
             "batch size per device": state.get("train_batch_size"),
-            "epochs": state.get("num_train_epochs"),
+            "epochs": round(epochs, 2) if isinstance(epochs, (int, float)) else state.get("num_train_epochs"),
             "optimizer steps": state.get("global_step"),
-            "peak learning rate (highest logged)": max(rates) if rates else None,
         })
-    values.update(recorded if isinstance(recorded, dict) else {})
+        if rates and not any(name.startswith("learning rate") for name in recorded):
+            # Logged every --logging_steps, the schedule's peak may fall between two logs: say so.
+            values["learning rate (highest logged; the configured peak may be higher)"] = max(rates)
+    values.update(recorded)
     return [(name, _fmt(value)) for name, value in values.items() if value is not None]
+
+
+# What the card's `pipeline(...)` example feeds each task.
+PIPELINE_EXAMPLES = {"text-classification": "This film was a delight.", "token-classification": "Ada Lovelace wrote in London.",
+                     "text-generation": "The film was"}
+
+
+def _label_names(config, results: dict) -> list | None:
+    """The class names the head predicts, when they are names (not transformers' LABEL_0, LABEL_1 defaults)."""
+    if results.get("task") == "regression" or getattr(config, "problem_type", None) == "regression":
+        return None
+    names = [str(config.id2label[i]) for i in sorted(config.id2label or {})]
+    return names if names and names != [f"LABEL_{i}" for i in range(len(names))] else None
 
 
 def _read_run_record(model_dir: Path):
@@ -302,8 +337,12 @@ def _card_inputs(model_dir: Path, results: dict | None, repo_id: str | None, lic
     recorded = results.get("datasets") if isinstance(results.get("datasets"), dict) else {}
     datasets = {k: v for k, v in {**recorded, **(datasets or {})}.items() if isinstance(v, str) and v}
     phases, eval_rows, eval_results = [], [], []
+    # Without a record or phase states (a model trained with a plain Trainer), the saved head's phase is the one
+    # its trained groups came from; a phase the caller names data for has run too.
+    unrecorded = not results and not any((model_dir / phase / "trainer_state.json").is_file() for phase in PHASES)
     for phase in PHASES:
-        ran = bool(results.get(phase)) or (model_dir / phase / "trainer_state.json").is_file()
+        ran = bool(results.get(phase)) or (model_dir / phase / "trainer_state.json").is_file() or phase in (datasets or {})
+        ran = ran or (unrecorded and phase == "finetune" and bool(config.trained_groups))
         groups = list(config.phase_trainable.get(phase, []))
         if phase == "pretrain":
             objective = "masked language modelling on unlabeled text" if encoder else "causal language modelling on unlabeled text"
@@ -389,6 +428,9 @@ def _card_inputs(model_dir: Path, results: dict | None, repo_id: str | None, lic
         "phases": phases,
         "eval_rows": [{**row, "value": _fmt(row["value"])} for row in eval_rows],
         "loss_picture": LOSS_PICTURE if (model_dir / LOSS_PICTURE).is_file() else None,
+        "label_names": _label_names(config, results),
+        "pipeline_tag": pipeline_tag if pipeline_tag in PIPELINE_EXAMPLES else None,
+        "pipeline_input": PIPELINE_EXAMPLES.get(pipeline_tag),
         "license_note": license_note,
     }
     return card_data, variables

@@ -348,8 +348,8 @@ def plot_loss_curves(histories: dict, path: Path) -> None:
     for ax, (phase, history) in zip(axes[0], histories.items()):
         train = [(h["step"], h["loss"]) for h in history if "loss" in h]
         evals = [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h]
-        if train:
-            ax.plot(*zip(*train), label="train loss")
+        if train:  # a single point has no line to draw: mark it
+            ax.plot(*zip(*train), marker="o" if len(train) == 1 else None, label="train loss")
         if evals:
             ax.plot(*zip(*evals), "o-", label="eval loss")
         ax.set_title(f"{phase} phase")
@@ -743,6 +743,8 @@ def _recorded_hyperparameters(phase, full, lora_kwargs, data_args, training_args
     if not full and pretrained_rate is not None:
         values["learning rate: adapters, new tensors"] = _phase_learning_rate(phase, training_args, phase_args)
         values["learning rate: pretrained weights"] = pretrained_rate
+    else:
+        values["learning rate"] = _phase_learning_rate(phase, training_args, phase_args)  # the configured peak
     if not full:
         targets = lora_kwargs["target_modules"]
         values.update({"LoRA r": lora_kwargs["r"], "LoRA alpha": lora_kwargs["lora_alpha"], "LoRA dropout": lora_kwargs["lora_dropout"],

@@ -89,7 +89,7 @@ def test_card_body_describes_the_adapters_both_phases_results_picture_and_three_
         f"**Trainable groups:** {', '.join(config['phase_trainable']['finetune'])}",
         "| batch size per device | 16 |",
         "| optimizer steps | 120 |",
-        "| peak learning rate (highest logged) | 0.001 |",
+        "| learning rate (highest logged; the configured peak may be higher) | 0.001 |",
         "| finetune | test | accuracy | 0.79 |",
         "| pretrain | held-out | perplexity | 70.1 |",
         "![Training and evaluation loss of each phase](loss_curve.png)",
