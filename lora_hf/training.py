@@ -112,7 +112,9 @@ class ModelArguments:
     skip_pretrain: bool = field(default=False, metadata={"help": "Run the finetune phase alone."})
     skip_finetune: bool = field(default=False, metadata={"help": "Run the pretrain phase alone."})
     merge_between_phases: bool = field(default=False, metadata={"help": "Fold phase-1 adapters into the base and start phase 2 with fresh adapters."})
-    overwrite_output_dir: bool = field(default=False, metadata={"help": "Allow writing into a non-empty --output_dir."})
+    overwrite_output_dir: bool = field(default=False, metadata={"help": (
+        "Train again from scratch into a non-empty --output_dir: what an earlier run wrote there is removed first "
+        "(a README.md you wrote stays). Only --resume_from_checkpoint continues a run.")})
 
 
 @dataclass
@@ -407,7 +409,7 @@ def _check_output_dir(model_args: ModelArguments, args: TrainingArguments) -> Pa
     if out.is_dir() and any(out.iterdir()) and not (model_args.overwrite_output_dir or args.resume_from_checkpoint):
         raise DataError(
             f"`--output_dir` {str(out)!r} is not empty; pass `--resume_from_checkpoint true` to continue that run "
-            "or `--overwrite_output_dir` to train again into it (earlier checkpoints there may be replaced)."
+            "or `--overwrite_output_dir` to train again from scratch (what the earlier run wrote there is removed)."
         )
     return out
 
