@@ -411,6 +411,15 @@ def _check_output_dir(model_args: ModelArguments, args: TrainingArguments) -> Pa
             f"`--output_dir` {str(out)!r} is not empty; pass `--resume_from_checkpoint true` to continue that run "
             "or `--overwrite_output_dir` to train again from scratch (what the earlier run wrote there is removed)."
         )
+    wanted = args.resume_from_checkpoint
+    if wanted and wanted not in ("True", "true", "1", "last"):
+        phases = [(out / phase).resolve() for phase in ("pretrain", "finetune")]
+        if not any(Path(wanted).resolve().is_relative_to(phase) for phase in phases):
+            # Each phase resumes only from its own checkpoints: another path would be ignored.
+            raise DataError(
+                f"`--resume_from_checkpoint` {wanted!r} is not a checkpoint of this run's phases ({str(out / 'pretrain')!r}, "
+                f"{str(out / 'finetune')!r}); pass one of their checkpoint folders, or `true` for the last complete one."
+            )
     return out
 
 

@@ -114,6 +114,8 @@ REFUSED = [
      ("'someone/not-cached' is not a local directory and the Hub (http://127.0.0.1:9) cannot be reached",)),
     ("blank-label-cell", lambda s, r: _blank_label(r), {}, ("Split 'train' row 7: label column 'sentiment' is empty",)),
     ("zero-byte-csv", lambda s, r: _empty_file(r), {}, ("`--train_file`", "empty.csv' is empty (0 bytes)")),
+    ("resume-from-elsewhere", lambda s, r: ["--resume_from_checkpoint", str(r / "other" / "checkpoint-4")], {},
+     ("`--resume_from_checkpoint`", "is not a checkpoint of this run's phases")),
     ("do-train-false", lambda s, r: ["--do_train", "false"], {}, ("`--do_train false` is not supported: lora-hf train always trains",)),
     ("do-predict-without-test", lambda s, r: ["--do_predict"], {}, ("`--do_predict` writes predictions for the test split; pass `--test_file`",)),
 ]
