@@ -3,6 +3,7 @@
 Everything here checks its input before any training starts and says what is wrong in one line.
 """
 
+import math
 import os
 import re
 import subprocess
@@ -85,6 +86,8 @@ def _check_file(path: str | None, flag: str) -> None:
         raise DataError(f"`{flag}` {path!r} has extension {suffix!r}; allowed are {sorted(_LOADERS)}.")
     if not os.path.isfile(path) or not os.access(path, os.R_OK):
         raise DataError(f"`{flag}` {path!r} is not a readable file.")
+    if os.path.getsize(path) == 0:
+        raise DataError(f"`{flag}` {path!r} is empty (0 bytes); it needs a header line and at least one row.")
 
 
 # ----- the VADER default -------------------------------------------------------------------
@@ -262,6 +265,8 @@ def infer_task(data: DatasetDict, args: DataArguments, is_decoder: bool) -> str:
     """`classification`, `regression`, `token-classification` or `causal-lm`, from `--task` or the labels."""
     if args.task != "auto":
         return args.task
+    # An empty cell makes the labels look untyped: say which row, not "cannot infer".
+    check_no_empty_labels(data, args.label_column)
     if args.label_column not in data["train"].column_names:
         if is_decoder:
             return "causal-lm"
@@ -292,17 +297,26 @@ def label_list(data: DatasetDict, column: str) -> list:
     return sorted({str(v) if not isinstance(v, (int, bool)) else v for v in flat}, key=lambda v: (str(type(v)), v))
 
 
+def check_no_empty_labels(data: DatasetDict, column: str) -> None:
+    """Refuse a row whose label cell is empty (None or NaN), naming the split and row."""
+    for split, ds in data.items():
+        if column not in ds.column_names:
+            continue
+        for row_no, value in enumerate(ds[column]):
+            if value is None or (isinstance(value, float) and math.isnan(value)):
+                raise DataError(f"Split {split!r} row {row_no}: label column {column!r} is empty.")
+
+
 def check_labels(data: DatasetDict, column: str, task: str, labels: list | None) -> None:
     """Refuse labels outside the training label set, and regression labels that are not numbers."""
     # Class ids (ints) when the training split's labels are a ClassLabel, whatever the other splits hold.
     train_feature = data["train"].features.get(column) if "train" in data else None
     class_ids = isinstance(train_feature, ClassLabel) or isinstance(getattr(train_feature, "feature", None), ClassLabel)
+    check_no_empty_labels(data, column)
     for split, ds in data.items():
         if column not in ds.column_names:
             continue
         for row_no, value in enumerate(ds[column]):
-            if value is None:
-                raise DataError(f"Split {split!r} row {row_no}: label column {column!r} is empty.")
             if task == "regression":
                 try:
                     float(value)

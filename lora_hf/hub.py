@@ -48,7 +48,8 @@ __all__ = [
 TEMPLATE_NAME = "lora_model_card.md"
 CARD_NAME = "README.md"
 LOSS_PICTURE = "loss_curve.png"
-RESULTS_NAME = "all_results.json"
+RESULTS_NAME = "all_results.json"  # flat metrics, as the HF example scripts write them
+RECORD_NAME = "run_record.json"  # lora-hf train's structured record of both phases: what the card reads
 GENERATION_CONFIG_NAME = "generation_config.json"
 # Marks a card this module rendered; a README.md without it was written by a person and is pushed as it is.
 GENERATED_MARK = "lora_hf:generated-card"
@@ -130,8 +131,10 @@ def _looks_like_hub_id(name) -> bool:
 def hub_base_model(base_model_name_or_path) -> tuple:
     """`(hub_id or None, note)`: the Hub id of the base model for the card's `base_model`, and how it was found.
 
-    A base loaded from a local directory counts when its config records a Hub id as `_name_or_path`
-    (MiniLM's says "nreimers/MiniLM-L6-H384-uncased"); otherwise there is no id and the note says why.
+    A base loaded from a local directory counts when its own README loads it by one Hub id (the packaged
+    MiniLM's: "sentence-transformers/all-MiniLM-L6-v2"), else when its config records a Hub id as `_name_or_path`.
+    The README goes first: `_name_or_path` may name the model it was trained from (MiniLM's config says
+    "nreimers/MiniLM-L6-H384-uncased"). Otherwise there is no id and the note says why.
     """
     name = base_model_name_or_path
     if not name:
@@ -142,6 +145,12 @@ def hub_base_model(base_model_name_or_path) -> tuple:
             recorded = json.loads((local / CONFIG_NAME).read_text()).get("_name_or_path")
         except (OSError, ValueError, AttributeError):
             recorded = None
+        named = _readme_hub_id(local)
+        if named:
+            return named, (
+                f"The base was loaded from the local directory `{name}`, whose own README loads it as `{named}`: "
+                "the `base_model` given here."
+            )
         if _looks_like_hub_id(recorded):
             return recorded, (
                 f"The base was loaded from the local directory `{name}`; its config records `{recorded}` as its origin, "
@@ -154,6 +163,16 @@ def hub_base_model(base_model_name_or_path) -> tuple:
     if _looks_like_hub_id(str(name)):
         return str(name), ""
     return None, f"`{name}` is neither a Hub id nor a directory here, so the card metadata has no `base_model`."
+
+
+def _readme_hub_id(local: Path) -> str | None:
+    """The one Hub id a model directory's README loads itself by (`from_pretrained('id')`, `SentenceTransformer('id')`)."""
+    try:
+        text = (local / CARD_NAME).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    found = {m for m in re.findall(r"(?:from_pretrained|SentenceTransformer)\(\s*['\"]([^'\"]+)['\"]", text) if _looks_like_hub_id(m) and "/" in m}
+    return found.pop() if len(found) == 1 else None
 
 
 def _base_license(base_model_name_or_path) -> str | None:
@@ -248,16 +267,42 @@ def _metric_rows(phase: str, metrics: dict) -> list:
 def _hyperparameters(phase_dir: Path, recorded: dict) -> list:
     state = _read_json(phase_dir / "trainer_state.json") or {}
     values = {}
+    recorded = recorded if isinstance(recorded, dict) else {}
     if state:
         rates = [h["learning_rate"] for h in state.get("log_history", []) if isinstance(h.get("learning_rate"), (int, float))]
+        epochs = state.get("epoch")  # as run: --max_steps may stop before num_train_epochs
         values.update({
             "batch size per device": state.get("train_batch_size"),
-            "epochs": state.get("num_train_epochs"),
+            "epochs": round(epochs, 2) if isinstance(epochs, (int, float)) else state.get("num_train_epochs"),
             "optimizer steps": state.get("global_step"),
-            "peak learning rate (highest logged)": max(rates) if rates else None,
         })
-    values.update(recorded if isinstance(recorded, dict) else {})
+        if rates and not any(name.startswith("learning rate") for name in recorded):
+            # Logged every --logging_steps, the schedule's peak may fall between two logs: say so.
+            values["learning rate (highest logged; the configured peak may be higher)"] = max(rates)
+    values.update(recorded)
     return [(name, _fmt(value)) for name, value in values.items() if value is not None]
+
+
+# What the card's `pipeline(...)` example feeds each task.
+PIPELINE_EXAMPLES = {"text-classification": "This film was a delight.", "token-classification": "Ada Lovelace wrote in London.",
+                     "text-generation": "The film was"}
+
+
+def _label_names(config, results: dict) -> list | None:
+    """The class names the head predicts, when they are names (not transformers' LABEL_0, LABEL_1 defaults)."""
+    if results.get("task") == "regression" or getattr(config, "problem_type", None) == "regression":
+        return None
+    names = [str(config.id2label[i]) for i in sorted(config.id2label or {})]
+    return names if names and names != [f"LABEL_{i}" for i in range(len(names))] else None
+
+
+def _read_run_record(model_dir: Path):
+    """The run's structured record; directories trained before it had its own file kept it in `all_results.json`."""
+    record = _read_json(model_dir / RECORD_NAME)
+    if isinstance(record, dict):
+        return record
+    legacy = _read_json(model_dir / RESULTS_NAME)
+    return legacy if isinstance(legacy, dict) and any(isinstance(legacy.get(p), dict) for p in ("pretrain", "finetune")) else None
 
 
 def _slug(text: str) -> str:
@@ -268,7 +313,7 @@ def _card_inputs(model_dir: Path, results: dict | None, repo_id: str | None, lic
     """`(ModelCardData, template variables)` for the lora_hf model saved in `model_dir`."""
     config = check_model_dir(model_dir)
     if results is None:
-        results = _read_json(model_dir / RESULTS_NAME)
+        results = _read_run_record(model_dir)
     results = results if isinstance(results, dict) else {}
     arch = (config.architectures or ["LoraModel"])[0]
     pipeline_tag = PIPELINE_TAGS.get(arch)
@@ -292,8 +337,12 @@ def _card_inputs(model_dir: Path, results: dict | None, repo_id: str | None, lic
     recorded = results.get("datasets") if isinstance(results.get("datasets"), dict) else {}
     datasets = {k: v for k, v in {**recorded, **(datasets or {})}.items() if isinstance(v, str) and v}
     phases, eval_rows, eval_results = [], [], []
+    # Without a record or phase states (a model trained with a plain Trainer), the saved head's phase is the one
+    # its trained groups came from; a phase the caller names data for has run too.
+    unrecorded = not results and not any((model_dir / phase / "trainer_state.json").is_file() for phase in PHASES)
     for phase in PHASES:
-        ran = bool(results.get(phase)) or (model_dir / phase / "trainer_state.json").is_file()
+        ran = bool(results.get(phase)) or (model_dir / phase / "trainer_state.json").is_file() or phase in (datasets or {})
+        ran = ran or (unrecorded and phase == "finetune" and bool(config.trained_groups))
         groups = list(config.phase_trainable.get(phase, []))
         if phase == "pretrain":
             objective = "masked language modelling on unlabeled text" if encoder else "causal language modelling on unlabeled text"
@@ -379,6 +428,9 @@ def _card_inputs(model_dir: Path, results: dict | None, repo_id: str | None, lic
         "phases": phases,
         "eval_rows": [{**row, "value": _fmt(row["value"])} for row in eval_rows],
         "loss_picture": LOSS_PICTURE if (model_dir / LOSS_PICTURE).is_file() else None,
+        "label_names": _label_names(config, results),
+        "pipeline_tag": pipeline_tag if pipeline_tag in PIPELINE_EXAMPLES else None,
+        "pipeline_input": PIPELINE_EXAMPLES.get(pipeline_tag),
         "license_note": license_note,
     }
     return card_data, variables
@@ -386,7 +438,7 @@ def _card_inputs(model_dir: Path, results: dict | None, repo_id: str | None, lic
 
 def build_model_card(model_dir, results: dict | None = None, *, repo_id: str | None = None, license: str | None = None,
                      datasets: dict | None = None) -> ModelCard:
-    """Render the card of the lora_hf model in `model_dir` (results from `all_results.json` unless given).
+    """Render the card of the lora_hf model in `model_dir` (results from `run_record.json` unless given).
 
     `datasets` maps a phase (`pretrain`, `finetune`) to the data it used: a Hub dataset id also goes
     to the metadata, anything else (a file, a description) to the body only.
@@ -402,7 +454,7 @@ def _edited_by_hand(card_path: Path) -> bool:
 
 
 def write_model_card(model_dir, results: dict | None = None, *, overwrite: bool = False, **kwargs) -> Path | None:
-    """Write `README.md` into `model_dir`, reading `all_results.json` there unless `results` are given.
+    """Write `README.md` into `model_dir`, reading `run_record.json` there unless `results` are given.
 
     A directory holding a plain `transformers` model (a `--full_finetune` run) gets no card: the
     function logs why and returns None, so that training never fails on its card. A card edited by
@@ -469,7 +521,7 @@ def hub_files(model_dir) -> list:
     missing = [name for name in (CONFIG_NAME, WEIGHTS_NAME, *CODE_FILES) if not (model_dir / name).is_file()]
     if missing:
         raise OSError(f"{str(model_dir)!r} lacks {missing}; save the model again with `save_pretrained` (it writes the code files).")
-    optional = [GENERATION_CONFIG_NAME, LOSS_PICTURE, RESULTS_NAME, *tokenizer_files(model_dir)]
+    optional = [GENERATION_CONFIG_NAME, LOSS_PICTURE, RESULTS_NAME, RECORD_NAME, *tokenizer_files(model_dir)]
     return [CONFIG_NAME, WEIGHTS_NAME, *CODE_FILES, *(name for name in optional if (model_dir / name).is_file())]
 
 
@@ -498,7 +550,7 @@ def push_to_hub(model_or_dir, repo_id: str, *, private: bool | None = None, toke
 
     The commit holds config.json, model.safetensors, the three modelling files, README.md (rendered
     for `repo_id`, unless the directory's README.md is a hand-edited card) and, when present,
-    loss_curve.png, all_results.json, generation_config.json and the tokenizer files.
+    loss_curve.png, all_results.json, run_record.json, generation_config.json and the tokenizer files.
     `base_model_id` replaces a local `base_model_name_or_path` in the uploaded config.json with a Hub
     id, so that an adapter-only upload loads elsewhere (the base fingerprint still guards the match).
     A model object is saved first; the extras then come from `source_dir` (the directory it was trained
@@ -518,7 +570,7 @@ def push_to_hub(model_or_dir, repo_id: str, *, private: bool | None = None, toke
             sources = {name: model_dir / name for name in hub_files(model_dir)}
             origin = source_dir or getattr(model_or_dir, "name_or_path", None)
             extras_dir = Path(origin) if origin and Path(origin).is_dir() else model_dir
-            for name in (LOSS_PICTURE, RESULTS_NAME, *tokenizer_files(extras_dir)):
+            for name in (LOSS_PICTURE, RESULTS_NAME, RECORD_NAME, *tokenizer_files(extras_dir)):
                 if (extras_dir / name).is_file() and name not in sources:
                     sources[name] = extras_dir / name
         # Files go up from disk (weights can be large); only what is rewritten here is held in memory.

@@ -403,8 +403,9 @@ class LoraPreTrainedModel(PreTrainedModel):
             problem_type=backbone_config.problem_type,
         )
         cls._check_targets_on_meta(config)
+        check_base_weights(base_model_name_or_path, hub_kwargs.get("subfolder") or "")
         backbone, info = cls.backbone_auto_class.from_pretrained(
-            base_model_name_or_path, config=backbone_config, output_loading_info=True, **hub_kwargs, **load_kwargs
+            base_model_name_or_path, config=backbone_config, output_loading_info=True, use_safetensors=True, **hub_kwargs, **load_kwargs
         )
         model = cls(config, backbone=backbone)
         model._set_newly_initialized(info)
@@ -511,8 +512,10 @@ class LoraPreTrainedModel(PreTrainedModel):
             # The head and other tensors the base lacks come from our file: the base's load report
             # ("newly initialized") would be wrong, so keep it quiet.
             logging.set_verbosity_error()
+            check_base_weights(base)
             backbone, info = cls.backbone_auto_class.from_pretrained(
-                base, config=config.backbone_config, output_loading_info=True, **load_kwargs, **_base_hub_kwargs(hub_kwargs)
+                base, config=config.backbone_config, output_loading_info=True, use_safetensors=True, **load_kwargs,
+                **_base_hub_kwargs(hub_kwargs)
             )
         except OSError as err:
             raise OSError(
@@ -543,8 +546,9 @@ class LoraPreTrainedModel(PreTrainedModel):
 
     def _load_saved_tensors(self, state: dict, metadata: dict, strict_full: bool) -> None:
         """Load saved tensors, mapping keys between head classes; refuse anything missing or left over."""
-        saved_prefix = metadata.get("base_prefix", "")
         own_prefix = self._base_prefix()
+        # A file rewritten by another tool loses its metadata: read its keys as this class's own.
+        saved_prefix = metadata.get("base_prefix", own_prefix)
         own = self.state_dict(keep_vars=True)
         head_switch = (self.config.architectures or [type(self).__name__]) != [type(self).__name__]
 
@@ -830,6 +834,20 @@ def _resolve_file(name_or_path, filename: str, hub_kwargs: dict) -> str:
     from huggingface_hub import hf_hub_download  # a dependency of transformers
 
     return hf_hub_download(str(name_or_path), filename, **hub_kwargs)
+
+
+def check_base_weights(name_or_path, subfolder: str = "") -> None:
+    """Refuse a local base directory whose weights are not safetensors, naming its files: nothing is unpickled."""
+    directory = Path(name_or_path) / subfolder
+    if not directory.is_dir() or any(directory.glob("*.safetensors")):
+        return
+    others = sorted(p.name for p in directory.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".pkl"))
+    found = f"holds its weights as {others}" if others else "holds no weights file"
+    raise OSError(
+        f"The base model directory {str(directory)!r} {found}, and lora_hf reads safetensors only (no pickle is loaded, "
+        "not even with weights_only): save the base with `save_pretrained(..., safe_serialization=True)` from a copy you "
+        "trust, or pass its Hub id."
+    )
 
 
 def _check_local_path(name_or_path) -> None:

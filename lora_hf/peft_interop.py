@@ -200,6 +200,9 @@ def _replace(path: Path, write) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         write(str(tmp))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # safetensors writes through a 0600 temporary file; give the usual permissions
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -3,8 +3,8 @@
 Phase 1, `pretrain`: language modelling on unlabeled text (masked LM for encoders, causal LM for
 decoders), training `config.phase_trainable["pretrain"]`. Phase 2, `finetune`: the task, starting
 from phase 1's adapters, training `config.phase_trainable["finetune"]`. Each phase is a plain
-`Trainer` run writing `<output_dir>/<phase>/`; the top directory gets the final model and
-`all_results.json`.
+`Trainer` run writing `<output_dir>/<phase>/`; the top directory gets the final model,
+`all_results.json` (flat, as the HF example scripts write it) and `run_record.json` (both phases, for the card).
 
 Example:
     >>> from lora_hf.training import main
@@ -14,6 +14,7 @@ Example:
 import contextlib
 import dataclasses
 import difflib
+import enum
 import hashlib
 import importlib.util
 import json
@@ -62,14 +63,28 @@ from .modeling_lora import (
     LoraForSequenceClassification,
     LoraForTokenClassification,
     LoraPreTrainedModel,
+    check_base_weights,
 )
 
 logger = logging.get_logger(__name__)
 
 __all__ = ["ModelArguments", "LoraArguments", "PhaseArguments", "LoraTrainingArguments", "run_two_phase", "main", "default_base_model"]
 
-RESULTS_NAME = "all_results.json"
+RESULTS_NAME = "all_results.json"  # flat, as run_glue.py writes it
+RECORD_NAME = "run_record.json"  # the structured record: both phases, data, hyperparameters (read by the model card)
 PHASE_DONE = "phase_results.json"
+PHASE_ARGUMENTS = "run_arguments.json"
+PREDICTIONS_NAME = "predict_results.txt"
+# Arguments that change no trained weight and no reported metric: a resumed run may change them.
+_BOOKKEEPING = {"output_dir", "overwrite_output_dir", "resume_from_checkpoint", "disable_tqdm", "report_to", "run_name", "project",
+                "push_to_hub", "local_rank", "ddp_timeout", "skip_memory_metrics", "include_num_input_tokens_seen",
+                "dataloader_num_workers", "dataloader_pin_memory", "dataloader_persistent_workers", "dataloader_prefetch_factor",
+                "torch_empty_cache_steps", "enable_jit_checkpoint"}
+_BOOKKEEPING_PREFIXES = ("logging_", "log_", "hub_", "trackio_", "save_")
+# Arguments the pretrain phase does not read: changing them on resume keeps a finished pretrain phase.
+_FINETUNE_ONLY = {"num_train_epochs", "max_steps", "skip_finetune", "merge_between_phases", "full_finetune", "task", "label_column",
+                  "validation_file", "test_file", "max_eval_samples", "do_predict", "load_best_model_at_end",
+                  "metric_for_best_model", "greater_is_better", "finetune_trainable"}
 # Finetune-only LoRA on the default task (3 epochs, batches grouped by length), validation / test accuracy:
 # 1e-3 82.9% / 84.7%, 2e-3 83.5% / 85.3%, 3e-3 82.2% / 85.1%.
 LORA_LEARNING_RATE = 2e-3
@@ -97,7 +112,9 @@ class ModelArguments:
     skip_pretrain: bool = field(default=False, metadata={"help": "Run the finetune phase alone."})
     skip_finetune: bool = field(default=False, metadata={"help": "Run the pretrain phase alone."})
     merge_between_phases: bool = field(default=False, metadata={"help": "Fold phase-1 adapters into the base and start phase 2 with fresh adapters."})
-    overwrite_output_dir: bool = field(default=False, metadata={"help": "Allow writing into a non-empty --output_dir."})
+    overwrite_output_dir: bool = field(default=False, metadata={"help": (
+        "Train again from scratch into a non-empty --output_dir: what an earlier run wrote there is removed first "
+        "(a README.md you wrote stays). Only --resume_from_checkpoint continues a run.")})
 
 
 @dataclass
@@ -160,11 +177,25 @@ class LoraTrainingArguments(TrainingArguments):
     logging_steps: float = field(default=20, metadata={"help": "Log the loss every N steps."})
     report_to: list[str] = field(default_factory=lambda: ["none"], metadata={"help": "Integrations to report to (none, tensorboard, wandb, ...)."})
     seed: int = field(default=42, metadata={"help": "Random seed (data order, init)."})
+    # The HF example scripts act only on --do_train/--do_eval; lora-hf train always trains and evaluates
+    # unless told not to evaluate.
+    do_train: bool = field(default=True, metadata={"help": "Always true: lora-hf train trains (`false` is refused)."})
+    do_eval: bool = field(default=True, metadata={"help": "Evaluate on the validation split (and held-out pretrain text); false: no evaluation."})
+    do_predict: bool = field(default=False, metadata={"help": f"Write the test split's predicted labels to {PREDICTIONS_NAME}."})
 
     def __post_init__(self):
         # TrainingArguments would fall back to ./trainer_output: a forgotten flag must not start a long run there.
         if self.output_dir is None:
             raise DataError("`--output_dir` is required: both phases write their checkpoints and the final model there.")
+        if not self.do_train:
+            raise DataError(
+                "`--do_train false` is not supported: lora-hf train always trains. To evaluate or predict with a trained model, "
+                "load it with `AutoModelFor<Task>.from_pretrained(DIR)` (or `pipeline`)."
+            )
+        if not self.do_eval:
+            if self.load_best_model_at_end:
+                raise DataError("`--load_best_model_at_end` needs evaluation; it cannot go with `--do_eval false`.")
+            self.eval_strategy = "no"
         super().__post_init__()
 
 
@@ -172,6 +203,7 @@ def _phase_args(args: TrainingArguments, output_dir: Path, **overrides) -> Train
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(args) if f.init}
     values.update(output_dir=str(output_dir), **overrides)
     values["report_to"] = values["report_to"] or "none"  # post-init turned "none" into []
+    values["push_to_hub"] = False  # phase directories are not published; the final model is pushed once, at the end
     return type(args)(**values)
 
 
@@ -185,7 +217,8 @@ def _tokenize_text(ds, tokenizer, data_args: DataArguments, columns: list):
 
     def encode(batch):
         nonlocal too_long
-        pair = batch[data_args.text_pair_column] if data_args.text_pair_column else None
+        # The pretrain texts are one column: the pair column belongs to the task data only.
+        pair = batch[data_args.text_pair_column] if data_args.text_pair_column in batch else None
         full = tokenizer(batch[columns[0]], pair, truncation=False)
         too_long += sum(len(ids) > data_args.max_seq_length for ids in full["input_ids"])
         return tokenizer(batch[columns[0]], pair, truncation=True, max_length=data_args.max_seq_length)
@@ -317,8 +350,8 @@ def plot_loss_curves(histories: dict, path: Path) -> None:
     for ax, (phase, history) in zip(axes[0], histories.items()):
         train = [(h["step"], h["loss"]) for h in history if "loss" in h]
         evals = [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h]
-        if train:
-            ax.plot(*zip(*train), label="train loss")
+        if train:  # a single point has no line to draw: mark it
+            ax.plot(*zip(*train), marker="o" if len(train) == 1 else None, label="train loss")
         if evals:
             ax.plot(*zip(*evals), "o-", label="eval loss")
         ax.set_title(f"{phase} phase")
@@ -376,14 +409,208 @@ def _check_output_dir(model_args: ModelArguments, args: TrainingArguments) -> Pa
     if out.is_dir() and any(out.iterdir()) and not (model_args.overwrite_output_dir or args.resume_from_checkpoint):
         raise DataError(
             f"`--output_dir` {str(out)!r} is not empty; pass `--resume_from_checkpoint true` to continue that run "
-            "or `--overwrite_output_dir` to train again into it (earlier checkpoints there may be replaced)."
+            "or `--overwrite_output_dir` to train again from scratch (what the earlier run wrote there is removed)."
         )
+    wanted = args.resume_from_checkpoint
+    if wanted and wanted not in ("True", "true", "1", "last"):
+        phases = [(out / phase).resolve() for phase in ("pretrain", "finetune")]
+        if not any(Path(wanted).resolve().is_relative_to(phase) for phase in phases):
+            # Each phase resumes only from its own checkpoints: another path would be ignored.
+            raise DataError(
+                f"`--resume_from_checkpoint` {wanted!r} is not a checkpoint of this run's phases ({str(out / 'pretrain')!r}, "
+                f"{str(out / 'finetune')!r}); pass one of their checkpoint folders, or `true` for the last complete one."
+            )
     return out
+
+
+def _phase_arguments(phase: str, base: str, *groups) -> dict:
+    """The arguments that shape what `phase` trains and reports, with their digest, as recorded in `<phase>/run_arguments.json`."""
+    values = {}
+    for group in groups:
+        for f in dataclasses.fields(group):
+            name = f.name
+            if not f.init or name in _BOOKKEEPING or name.startswith(_BOOKKEEPING_PREFIXES):
+                continue
+            if phase == "pretrain" and name in _FINETUNE_ONLY:
+                continue
+            values[name] = _plain(getattr(group, name))
+    values["model_name_or_path"] = base
+    values = json.loads(json.dumps(values, sort_keys=True, default=str))
+    digest = hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()
+    return {"digest": digest, "arguments": values}
+
+
+def _plain(value):
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {k: _plain(v) for k, v in dataclasses.asdict(value).items()}
+    if isinstance(value, enum.Enum):
+        return value.value
+    return value
+
+
+def _check_reusable(phase_dir: Path, wanted: dict) -> None:
+    """Refuse to continue a phase that an earlier run trained with other arguments (or recorded none)."""
+    recorded_file = phase_dir / PHASE_ARGUMENTS
+    if not recorded_file.is_file():
+        if (phase_dir / PHASE_DONE).is_file() or any(phase_dir.glob("checkpoint-*")):
+            raise DataError(
+                f"{str(phase_dir)!r} holds a {phase_dir.name} phase without a record of its arguments ({PHASE_ARGUMENTS}), so it "
+                "cannot be continued safely; pass `--overwrite_output_dir` to train again or a new `--output_dir`."
+            )
+        return
+    try:
+        recorded = json.loads(recorded_file.read_text())
+        old = recorded["arguments"]
+        same = recorded["digest"] == wanted["digest"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise DataError(f"{str(recorded_file)!r} is not readable; pass `--overwrite_output_dir` to train again.") from None
+    if same:
+        return
+    new = wanted["arguments"]
+    changed = [f"`{k}` {old.get(k, '(unset)')!r} -> {new.get(k, '(unset)')!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    raise DataError(
+        f"The {phase_dir.name} phase in {str(phase_dir)!r} was trained with other arguments ({'; '.join(changed[:6]) or 'digest differs'}); "
+        "`--resume_from_checkpoint` continues only a run with the same arguments. Pass `--overwrite_output_dir` to train "
+        "again from scratch, or a new `--output_dir`."
+    )
+
+
+def _clear_previous_run(out: Path) -> None:
+    """`--overwrite_output_dir`: remove what an earlier run wrote there, so that none of it is reused or published."""
+    import shutil
+
+    from .model_dir import TOKENIZER_FILES
+
+    for phase in ("pretrain", "finetune"):
+        if (out / phase).is_dir():
+            shutil.rmtree(out / phase)
+    for name in (RESULTS_NAME, RECORD_NAME, *_PUBLISHED, "loss_curve.png", *TOKENIZER_FILES):
+        (out / name).unlink(missing_ok=True)
+    card = out / "README.md"
+    if card.is_file() and "lora_hf:generated-card" in card.read_text(encoding="utf-8", errors="replace"):
+        card.unlink()  # a generated card describes the old run; a card the user wrote stays
+
+
+def _check_integrations(args: TrainingArguments) -> None:
+    """`--report_to` and `--push_to_hub` fail here, before any data or model is loaded, not after the first phase."""
+    from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK, get_reporting_integration_callbacks
+
+    names = [name for name in (args.report_to or []) if name != "none"]
+    for name in names:
+        if name != "all" and name not in INTEGRATION_TO_CALLBACK:
+            raise DataError(f"`--report_to` {name!r} is not an integration transformers knows; choose from {['none', 'all', *INTEGRATION_TO_CALLBACK]}.")
+    for name in names:
+        for callback in get_reporting_integration_callbacks(name):
+            try:
+                callback()  # each callback checks at construction that its package is installed
+            except (RuntimeError, ImportError) as err:
+                reason = " ".join(str(err).split())
+                raise DataError(f"`--report_to {name}` cannot be used: {reason} (or pass `--report_to none`).") from None
+    if args.push_to_hub:
+        _check_hub_push(args)
+
+
+def _hub_repo_id(args: TrainingArguments) -> str:
+    return args.hub_model_id or Path(args.output_dir).resolve().name
+
+
+def _check_hub_push(args: TrainingArguments) -> None:
+    from huggingface_hub import HfApi, constants
+    from huggingface_hub.utils import validate_repo_id
+
+    repo_id = _hub_repo_id(args)
+    try:
+        validate_repo_id(repo_id)
+    except Exception as err:
+        raise DataError(f"`--push_to_hub`: {repo_id!r} is not a Hub repo id ({' '.join(str(err).split())[:200]}); pass `--hub_model_id user/name`.") from None
+    if _hub_offline():
+        raise DataError("`--push_to_hub` needs the Hub, but HF_HUB_OFFLINE=1 is set; train without it and run `lora-hf push DIR REPO` later.")
+    try:
+        HfApi().whoami(token=args.hub_token)
+    except Exception as err:
+        reason = " ".join(str(err).split())[:200] or type(err).__name__
+        raise DataError(
+            f"`--push_to_hub`: the Hub ({constants.ENDPOINT}) cannot be reached or you are not logged in ({type(err).__name__}: {reason}); "
+            "log in with `hf auth login` or pass `--hub_token`, or push later with `lora-hf push DIR REPO`."
+        ) from None
+
+
+def _check_predict(args: TrainingArguments, task_data, task: str | None, data_args: DataArguments) -> None:
+    if not getattr(args, "do_predict", False):
+        if task_data is not None and "test" in task_data and data_args.label_column not in task_data["test"].column_names and task != "causal-lm":
+            logger.warning(f"The test split has no {data_args.label_column!r} column: it is not used. Pass `--do_predict` to write its predictions.")
+        return
+    if task_data is None or "test" not in task_data:
+        raise DataError("`--do_predict` writes predictions for the test split; pass `--test_file` (or a dataset with a `test` split).")
+    if task == "causal-lm":
+        raise DataError("`--do_predict` is for classification, regression and token-classification; a causal-lm run reports the test perplexity without it.")
+    if task == "token-classification" and data_args.label_column not in task_data["test"].column_names:
+        raise DataError(
+            f"`--do_predict` with token classification needs the test split's {data_args.label_column!r} column (it marks each word's "
+            "first token); the test split has none."
+        )
+
+
+def _hub_offline() -> bool:
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE) or os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
+
+
+def _check_hub_model(base: str) -> None:
+    """A Hub id that is neither cached nor reachable fails at once, not after transformers' download retries (~30 s)."""
+    if os.path.isdir(base):
+        return
+    from huggingface_hub import HfApi, constants, try_to_load_from_cache
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    try:
+        if isinstance(try_to_load_from_cache(base, "config.json"), str):
+            return
+    except Exception:  # not a valid repo id: transformers says so below
+        return
+    if _hub_offline():
+        raise DataError(
+            f"`--model_name_or_path` {base!r} is not a local directory nor in the Hugging Face cache, and HF_HUB_OFFLINE=1 "
+            "forbids downloading it; pass a local model directory, or unset HF_HUB_OFFLINE."
+        )
+    try:
+        HfApi().model_info(base, timeout=10)
+    except RepositoryNotFoundError:
+        raise DataError(
+            f"`--model_name_or_path` {base!r} is not a local directory nor a model on the Hub ({constants.ENDPOINT}); if it is "
+            "private or gated, log in first (`hf auth login`)."
+        ) from None
+    except Exception as err:  # connection refused, DNS, timeout: httpx and requests raise their own types
+        raise DataError(
+            f"`--model_name_or_path` {base!r} is not a local directory and the Hub ({constants.ENDPOINT}) cannot be reached "
+            f"({type(err).__name__}); pass a local model directory, or set HF_HUB_OFFLINE=1 to use the cache."
+        ) from None
 
 
 def _finished(phase_dir: Path) -> dict | None:
     done = phase_dir / PHASE_DONE
     return json.loads(done.read_text()) if done.is_file() else None
+
+
+def _prediction_lines(output, task: str, labels: list | None) -> list:
+    """`index<TAB>prediction` lines as `run_glue.py` writes them (label names; regression values to 3 decimals);
+    token classification: the label names of each row's words, space-separated, as `run_ner.py`."""
+    lines = ["index\tprediction\n"]
+    if task == "regression":
+        values = np.squeeze(output.predictions, -1) if output.predictions.ndim > 1 else output.predictions
+        return lines + [f"{i}\t{v:3.3f}\n" for i, v in enumerate(values)]
+    ids = np.argmax(output.predictions, axis=-1)
+    if task == "token-classification":
+        rows = [" ".join(str(labels[p]) for p, l in zip(row, gold) if l != -100) for row, gold in zip(ids, output.label_ids)]
+        return lines + [f"{i}\t{row}\n" for i, row in enumerate(rows)]
+    return lines + [f"{i}\t{labels[p]}\n" for i, p in enumerate(ids)]
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def _write_json(path: Path, payload: dict) -> None:
@@ -399,12 +626,14 @@ def run_two_phase(
     training_args: TrainingArguments,
     phase_args: PhaseArguments | None = None,
 ) -> dict:
-    """Run the pretrain and finetune phases; return the metrics also written to `all_results.json`."""
+    """Run the pretrain and finetune phases; return the structured record written to `run_record.json`
+    (`all_results.json` holds its flat form, `flat_results`)."""
     started = time.perf_counter()
     phase_args = phase_args or PhaseArguments()
     if training_args.output_dir is None:
         raise DataError("`--output_dir` is required.")
     out = _check_output_dir(model_args, training_args)
+    _check_integrations(training_args)
     if model_args.skip_pretrain and model_args.skip_finetune:
         raise DataError("`--skip_pretrain` and `--skip_finetune` together leave nothing to run.")
     full = model_args.full_finetune
@@ -416,6 +645,8 @@ def run_two_phase(
     # Everything that can be wrong is checked before the first step: config, targets, data, labels.
     if base.startswith(("/", ".", "~")) and not os.path.isdir(base):
         raise DataError(f"`--model_name_or_path` {base!r} is not a directory; pass a local model directory or a Hub id ('user/name').")
+    _check_hub_model(base)
+    check_base_weights(base)
     backbone_config = AutoConfig.from_pretrained(base)
     encoder = _is_encoder(backbone_config)
     lora_kwargs = lora_args.lora_config_kwargs()
@@ -449,8 +680,13 @@ def run_two_phase(
             raise DataError(f"`--task causal-lm` needs a decoder backbone; {backbone_config.model_type!r} is an encoder.")
         if probe is not None:  # the task model may have modules the pretrain model lacks (BERT's pooler)
             TASK_CLASSES[task]._check_targets_on_meta(probe)
+    _check_predict(training_args, task_data, task, data_args)
 
     results = {"base_model": base, "task": task, "full_finetune": full}
+    if task is not None:
+        results["columns"] = {"text": data_args.text_column, "text_pair": data_args.text_pair_column,
+                              "label": None if task == "causal-lm" else data_args.label_column}
+        results["label_names"] = [str(label) for label in labels] if labels is not None else None
     ran = {"pretrain": run_pretrain, "finetune": task_data is not None}
     results["datasets"] = {phase: text for phase, text in data_args.describe().items() if ran[phase]}
     results["hyperparameters"] = {
@@ -459,10 +695,25 @@ def run_two_phase(
     }
     histories = {}
     pretrain_dir, finetune_dir = out / "pretrain", out / "finetune"
+    groups = (model_args, lora_args, data_args, training_args, phase_args)
+    arguments = {phase: _phase_arguments(phase, base, *groups) for phase in ran if ran[phase]}
+    with training_args.main_process_first(desc="check output_dir"):
+        if model_args.overwrite_output_dir and not training_args.resume_from_checkpoint:
+            if training_args.should_save:
+                _clear_previous_run(out)
+        else:
+            for phase in arguments:
+                _check_reusable(out / phase, arguments[phase])
+
+    def record_arguments(phase_dir: Path) -> None:
+        if training_args.should_save:
+            phase_dir.mkdir(parents=True, exist_ok=True)
+            _write_json(phase_dir / PHASE_ARGUMENTS, arguments[phase_dir.name])  # before any checkpoint of the phase
 
     if run_pretrain:
         done = _finished(pretrain_dir)
         if done is None:
+            record_arguments(pretrain_dir)
             done = _run_pretrain(base, encoder, lora_kwargs, pretrain_texts, tokenizer, data_args, training_args, phase_args, pretrain_dir)
         results["pretrain"] = done["metrics"]
         histories["pretrain"] = done["log_history"]
@@ -470,6 +721,7 @@ def run_two_phase(
     if task_data is not None:
         done = _finished(finetune_dir)
         if done is None:
+            record_arguments(finetune_dir)
             start = _phase_start(base, encoder, full, run_pretrain, model_args, pretrain_dir, out, training_args)
             done = _run_finetune(start, task, labels, lora_kwargs, task_data, tokenizer, data_args, training_args, finetune_dir, full)
         results["finetune"] = done["metrics"]
@@ -482,6 +734,11 @@ def run_two_phase(
     results["wall_seconds"] = time.perf_counter() - started  # the whole command: data, both phases, evaluation
     if training_args.should_save:
         _publish_final(final_dir, out, tokenizer, results, histories)
+        if training_args.push_to_hub:
+            from .hub import push_to_hub
+
+            info = push_to_hub(out, _hub_repo_id(training_args), private=training_args.hub_private_repo, token=training_args.hub_token)
+            print(f"Pushed {out} to {getattr(info, 'commit_url', _hub_repo_id(training_args))}")
     _print_table(results)
     return results
 
@@ -497,6 +754,8 @@ def _recorded_hyperparameters(phase, full, lora_kwargs, data_args, training_args
     if not full and pretrained_rate is not None:
         values["learning rate: adapters, new tensors"] = _phase_learning_rate(phase, training_args, phase_args)
         values["learning rate: pretrained weights"] = pretrained_rate
+    else:
+        values["learning rate"] = _phase_learning_rate(phase, training_args, phase_args)  # the configured peak
     if not full:
         targets = lora_kwargs["target_modules"]
         values.update({"LoRA r": lora_kwargs["r"], "LoRA alpha": lora_kwargs["lora_alpha"], "LoRA dropout": lora_kwargs["lora_dropout"],
@@ -527,7 +786,7 @@ def _phase_start(base, encoder, full, ran_pretrain, model_args, pretrain_dir, ou
             lm = lm_class.from_pretrained(pretrain_dir, base_model_name_or_path=base).merge_and_unload()
             body = getattr(lm, lm.base_model_prefix)
             # The LM body lacks the base's pooler: start from the full base and overwrite what phase 1 changed.
-            bare = AutoModel.from_pretrained(base)
+            bare = AutoModel.from_pretrained(base, use_safetensors=True)
             missing = bare.load_state_dict(body.state_dict(), strict=False).missing_keys
             logger.info(f"Merged phase-1 adapters into a new base; kept from the original base: {missing}")
             bare.save_pretrained(merged)
@@ -580,7 +839,7 @@ def _run_finetune(start, task, labels, lora_kwargs, task_data, tokenizer, data_a
         label_kwargs["pad_token_id"] = tokenizer.pad_token_id
     lora_class = TASK_CLASSES[task]
     if full:
-        model = lora_class.backbone_auto_class.from_pretrained(start["base"], **label_kwargs)
+        model = lora_class.backbone_auto_class.from_pretrained(start["base"], use_safetensors=True, **label_kwargs)
     elif "adapters" in start:
         overrides = {k: v for k, v in label_kwargs.items() if k != "pad_token_id"}
         model = lora_class.from_pretrained(start["adapters"], **overrides)
@@ -604,10 +863,14 @@ def _run_finetune(start, task, labels, lora_kwargs, task_data, tokenizer, data_a
         args = _phase_args(args, phase_dir, metric_for_best_model="loss", greater_is_better=False)
     args = _phase_args(args, phase_dir)
     compute_metrics = _compute_metrics_fn(task, len(labels or []))
-    return _train_phase(model, args, encoded["train"], encoded.get("validation"), encoded.get("test"), collator, tokenizer, phase_dir, training_args, compute_metrics)
+    predict = {"task": task, "labels": labels} if getattr(training_args, "do_predict", False) else None
+    return _train_phase(model, args, encoded["train"], encoded.get("validation"), encoded.get("test"), collator, tokenizer, phase_dir,
+                        training_args, compute_metrics, predict)
 
 
-def _train_phase(model, args, train, evals, test, collator, tokenizer, phase_dir, top_args, compute_metrics=None) -> dict:
+def _train_phase(model, args, train, evals, test, collator, tokenizer, phase_dir, top_args, compute_metrics=None, predict=None) -> dict:
+    if isinstance(top_args, LoraTrainingArguments) and not top_args.do_eval:
+        evals = None  # --do_eval false (a plain TrainingArguments' do_eval only mirrors its eval_strategy)
     if evals is None and args.eval_strategy != "no":
         args = _phase_args(args, phase_dir, eval_strategy="no", load_best_model_at_end=False)
     trainer = _Trainer(
@@ -632,6 +895,11 @@ def _train_phase(model, args, train, evals, test, collator, tokenizer, phase_dir
         if ds is not None and (language_model or "labels" in ds.column_names):
             result = trainer.evaluate(ds, metric_key_prefix=prefix)
             metrics.update(_add_perplexity(result, prefix) if language_model else result)
+    predictions = None
+    if predict is not None:
+        unlabelled = test.remove_columns(["labels"]) if "labels" in test.column_names else test
+        output = trainer.predict(unlabelled if predict["task"] != "token-classification" else test, metric_key_prefix="predict")
+        predictions = _prediction_lines(output, predict["task"], predict["labels"])
     trainable, total = _count_params(model)
     done = {"metrics": metrics, "log_history": trainer.state.log_history, "trainable_params": trainable, "total_params": total}
     if trainer.is_world_process_zero():
@@ -640,6 +908,8 @@ def _train_phase(model, args, train, evals, test, collator, tokenizer, phase_dir
             trainer.save_state()
             trainer.save_metrics("all", metrics, combined=False)
             plot_loss_curves({phase_dir.name: trainer.state.log_history}, phase_dir / "loss_curve.png")
+            if predictions is not None:
+                _atomic_text(phase_dir / PREDICTIONS_NAME, "".join(predictions))
             _write_json(phase_dir / PHASE_DONE, done)  # written last: marks the phase complete for --resume_from_checkpoint
     trainer.accelerator.wait_for_everyone()
     return done
@@ -698,19 +968,23 @@ def _count_params(model) -> tuple:
     return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
 
 
+_PUBLISHED = ("config.json", "model.safetensors", "configuration_lora.py", "lora_layers.py", "modeling_lora.py", "generation_config.json",
+              PREDICTIONS_NAME)
+
+
 def _publish_final(final_dir: Path, out: Path, tokenizer, results: dict, histories: dict) -> None:
     """Copy the last phase's model to the top directory, with results, the loss picture and the card."""
     import shutil
 
-    keep = {"config.json", "model.safetensors", "configuration_lora.py", "lora_layers.py", "modeling_lora.py", "generation_config.json"}
     for item in final_dir.iterdir():
-        if item.is_file() and item.name in keep:
+        if item.is_file() and item.name in _PUBLISHED:
             tmp = out / f".{item.name}.tmp"
             shutil.copyfile(item, tmp)
             os.replace(tmp, out / item.name)
     tokenizer.save_pretrained(out)
     plot_loss_curves(histories, out / "loss_curve.png")
-    _write_json(out / RESULTS_NAME, results)
+    _write_json(out / RECORD_NAME, results)
+    _write_json(out / RESULTS_NAME, flat_results(results))
     try:
         from .hub import write_model_card
     except ImportError:  # the card module is optional
@@ -721,20 +995,38 @@ def _publish_final(final_dir: Path, out: Path, tokenizer, results: dict, histori
         logger.warning(str(err))
 
 
+def flat_results(results: dict) -> dict:
+    """`all_results.json` as the HF example scripts write it: the final phase's `train_*`, `eval_*` and `test_*` metrics
+    at the top level, the pretrain phase's (when a finetune phase followed it) as `pretrain_train_*`, `pretrain_eval_*`."""
+    final = results.get("finetune") or results.get("pretrain") or {}
+    flat = dict(final)
+    if results.get("finetune") and results.get("pretrain"):
+        flat.update({f"pretrain_{key}": value for key, value in results["pretrain"].items()})
+    return flat
+
+
 def _print_table(results: dict) -> None:
     rows = []
     for phase in ("pretrain", "finetune"):
         for key, value in sorted((results.get(phase) or {}).items()):
             if key.startswith(("eval_", "test_")) and isinstance(value, float) and not key.endswith(("_runtime", "_per_second")):
                 rows.append((phase, key, value))
-    if not rows:
+    if not rows and not results.get("task"):
         return
-    width = max(len(k) for _, k, _ in rows)
+    width = max([len(k) for _, k, _ in rows] + [20])
     print("\n" + "=" * (width + 24))
     print(f"{'phase':<10}{'metric':<{width + 2}}{'value':>10}")
     print("-" * (width + 24))
     for phase, key, value in rows:
         print(f"{phase:<10}{key:<{width + 2}}{value:>10.4f}")
+    columns = results.get("columns") or {}
+    if results.get("task"):
+        used = f"text column {columns.get('text')!r}" + (f" + pair {columns['text_pair']!r}" if columns.get("text_pair") else "")
+        used += f", label column {columns['label']!r}" if columns.get("label") else ""
+        print("-" * (width + 24))
+        print(f"task: {results['task']}; {used}")
+        if results.get("label_names"):
+            print(f"labels: {', '.join(results['label_names'])}")
     if "trainable_params" in results:
         share = 100 * results["trainable_params"] / results["total_params"]
         print("-" * (width + 24))

@@ -29,11 +29,13 @@ START, END = "<!-- baselines:start -->", "<!-- baselines:end -->"
 
 
 def measure(out: Path, flags: list) -> dict:
-    if not (out / "all_results.json").is_file():
+    # Runs trained before run_record.json existed kept the record in all_results.json.
+    if not (out / "run_record.json").is_file() and not (out / "all_results.json").is_file():
         code = train(["--output_dir", str(out), *flags])
         if code != 0:
             raise SystemExit(f"training into {out} failed with exit code {code}")
-    results = json.loads((out / "all_results.json").read_text())
+    record = out / "run_record.json"
+    results = json.loads((record if record.is_file() else out / "all_results.json").read_text())
     seconds = sum(results.get(phase, {}).get("train_wall_seconds", 0.0) for phase in ("pretrain", "finetune"))
     return {
         "test_accuracy": results["finetune"]["test_accuracy"],

@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parents[1]
 VOCAB = 99
 ATOL = 1e-5  # fp32 outputs compared across implementations (PEFT, the merged model)
 WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(VOCAB - 5)]
-# What a two-phase run records (the shape of lora_hf.training's all_results.json).
+# What a two-phase run records (the shape of lora_hf.training's run_record.json).
 RESULTS = {
     "base_model": "see config.json",
     "task": "classification",
@@ -97,13 +97,16 @@ def classifier(base: str, seed: int = 0, **lora_kwargs):
 
 
 def save_run(root: Path, base: str, results: dict | None = RESULTS) -> Path:
-    """A directory like the end of `lora-hf train`: model, tokenizer, all_results.json, loss picture, phase states."""
+    """A directory like the end of `lora-hf train`: model, tokenizer, run_record.json, all_results.json, loss picture, phase states."""
     model = classifier(base, id2label={0: "negative", 1: "neutral", 2: "positive"}, label2id={"negative": 0, "neutral": 1, "positive": 2})
     model.set_phase("finetune")
     model.save_pretrained(root)
     tokenizer().save_pretrained(root)
     if results is not None:
-        (root / "all_results.json").write_text(json.dumps(results, indent=2))
+        from lora_hf.training import flat_results
+
+        (root / "run_record.json").write_text(json.dumps(results, indent=2))
+        (root / "all_results.json").write_text(json.dumps(flat_results(results), indent=2))
     (root / "loss_curve.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 64)  # stands in for matplotlib's picture
     for phase, steps, rate in (("pretrain", 40, 5e-4), ("finetune", 120, 1e-3)):
         (root / phase).mkdir()

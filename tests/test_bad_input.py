@@ -249,6 +249,11 @@ CHECKPOINT_CASES = [
     Case("other-base-other-shapes-even-when-ignored",
          lambda env: load(env["adapter"], base_model_name_or_path=env["wide_base"], ignore_base_mismatch=True), ValueError,
          ("hidden_size 64, trained on 32",)),
+    Case("tensor-unexpected-in-a-file-without-metadata",
+         lambda env: load(_strip_metadata(rewrite_tensors(env, "bogus", lambda t: t.update({"backbone.bogus.weight": torch.zeros(2)})))),
+         ValueError, ("unexpected tensors ['backbone.bogus.weight'];",)),
+    Case("base-with-pickled-weights-only", lambda env: LoraForSequenceClassification.from_base_model(_pickled_base(env), num_labels=2),
+         OSError, ("pytorch_model.bin", "reads safetensors only", "no pickle is loaded")),
     Case("pickle-only-loading-refused", lambda env: load(env["adapter"], use_safetensors=False), ValueError,
          ("`use_safetensors=False`", "safetensors only")),
 ]
@@ -275,6 +280,25 @@ def _retag(directory: Path, fmt: str) -> Path:
     tensors = load_file(directory / "model.safetensors")
     save_file(tensors, directory / "model.safetensors", metadata={"format": "pt", "lora_hf_format": fmt})
     return directory
+
+
+def _strip_metadata(directory: Path) -> Path:
+    """The file as another tool rewrites it: same tensors, lora_hf's metadata gone."""
+    save_file(load_file(directory / "model.safetensors"), directory / "model.safetensors", metadata={"format": "pt"})
+    return directory
+
+
+def _pickled_base(env) -> str:
+    """A base directory whose only weights are a pickle that would run `touch <marker>` if loaded (it must never be)."""
+    import shutil
+
+    from reliability_fixtures import MARKER_NAME, _RunsShell
+
+    directory = fresh(env, "pickled-base")
+    shutil.copy(Path(env["base"]) / "config.json", directory / "config.json")
+    torch.save({"bert.embeddings.word_embeddings.weight": _RunsShell(f"touch {directory / MARKER_NAME}")}, directory / "pytorch_model.bin")
+    env.setdefault("pickled_bases", []).append(directory)
+    return str(directory)
 
 
 def _latin1_txt(env) -> str:
@@ -345,6 +369,8 @@ CLI_CASES = [
     ("no-output-dir", lambda env: ["train", "--r", "4"], ("`--output_dir` is required",)),
     ("base-missing", lambda env: ["train", "--model_name_or_path", str(env["root"] / "nope"), "--output_dir", str(fresh(env, "o"))],
      ("`--model_name_or_path`", "nope", "is not a directory")),
+    ("base-with-pickled-weights-only", lambda env: ["train", "--model_name_or_path", _pickled_base(env), "--output_dir", str(fresh(env, "o"))],
+     ("lora-hf train: error:", "pytorch_model.bin", "reads safetensors only")),
     ("not-an-int", lambda env: ["train", "--r", "x"], ("argument --r: invalid int value: 'x'",)),
     ("unknown-command", lambda env: ["bogus"], ("unknown command 'bogus'", "'train'")),
 ]
@@ -370,3 +396,11 @@ def test_the_real_command_line_prints_no_traceback(argv, says):
     assert done.returncode == 2
     assert says in done.stderr.strip().splitlines()[-1]
     assert "Traceback" not in done.stderr
+
+
+def test_no_pickled_base_was_ever_unpickled(env):
+    """Runs after the table and the CLI cases (file order): the pickled bases they loaded never ran their code."""
+    from reliability_fixtures import MARKER_NAME
+
+    assert len(env.get("pickled_bases", [])) >= 2
+    assert not [d for d in env["pickled_bases"] if (d / MARKER_NAME).exists()]

@@ -62,6 +62,8 @@ def test_merge_export_import_card_and_push_from_the_command_line(env, capsys, mo
     code, _, err = cli(["export-peft", run, tmp_path / "peft"], capsys)
     assert code == 0, err
     assert {p.name for p in (tmp_path / "peft").iterdir()} >= {"adapter_config.json", "adapter_model.safetensors", "tokenizer.json"}
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "peft").iterdir()}
+    assert len(set(modes.values())) == 1, modes  # the weights are not private while the config is world-readable
 
     code, out, err = cli(["import-peft", tmp_path / "peft", tmp_path / "back"], capsys)
     assert code == 0, err

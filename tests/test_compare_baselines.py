@@ -24,7 +24,7 @@ def fake_train(calls):
         if "--skip_pretrain" not in argv and not full:
             results["pretrain"] = {"train_wall_seconds": 30.0}
         Path(out).mkdir(parents=True)
-        (Path(out) / "all_results.json").write_text(json.dumps(results))
+        (Path(out) / "run_record.json").write_text(json.dumps(results))
         (Path(out) / "model.safetensors").write_bytes(b"\0" * 250_000)
         return 0
 
@@ -49,5 +49,5 @@ def test_the_table_replaces_the_readme_section_and_finished_systems_are_not_retr
         "| LoRA, finetune only | 80.0% | 85.0% | 1.00% | 1.5 min | 2.0 min | 0.25 MB |",
         "| full fine-tuning | 90.0% | 85.0% | 100.00% | 1.5 min | 2.0 min | 0.25 MB |",
     ]
-    assert script.main(argv) == 0 and len(calls) == 3  # all_results.json there: measured, not trained again
+    assert script.main(argv) == 0 and len(calls) == 3  # run_record.json there: measured, not trained again
     assert readme.read_text().count(script.START) == 1

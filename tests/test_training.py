@@ -1,6 +1,7 @@
 """Two-phase training with the HF Trainer, on tiny models: phases, heads, resume, DDP, bad data."""
 
 import json
+import re
 import os
 import signal
 import subprocess
@@ -54,9 +55,15 @@ def test_two_phase_bert_writes_both_phases_and_a_loadable_final_model(bert_dir, 
         assert (out / phase / "trainer_state.json").is_file()
         assert (out / phase / "loss_curve.png").stat().st_size > 1000
         assert (out / phase / "phase_results.json").is_file()
-    results = json.loads((out / "all_results.json").read_text())
+    results = json.loads((out / "run_record.json").read_text())
     assert results["task"] == "classification"
     assert 0.0 <= results["finetune"]["test_accuracy"] <= 1.0
+    # all_results.json is flat, as run_glue.py's: the final phase's metrics, the pretrain phase's prefixed.
+    flat = json.loads((out / "all_results.json").read_text())
+    assert flat["test_accuracy"] == results["finetune"]["test_accuracy"] and flat["eval_loss"] == results["finetune"]["eval_loss"]
+    assert flat["pretrain_eval_perplexity"] == results["pretrain"]["eval_perplexity"] and "pretrain_train_loss" in flat
+    assert all(isinstance(v, (int, float)) for v in flat.values())
+    assert results["columns"] == {"text": "text", "text_pair": None, "label": "label"} and results["label_names"] == ["0", "1"]
     assert "eval_perplexity" in results["pretrain"]
     # Recorded for the model card: the data of each phase and what trainer_state.json does not hold.
     assert results["datasets"] == {"pretrain": "the finetune training text (train.csv)", "finetune": "train.csv"}
@@ -105,7 +112,7 @@ def test_gpt2_causal_lm_pretrain_then_sequence_classification(gpt2_dir, csv_data
     out = tmp_path / "run"
     assert main(["--model_name_or_path", gpt2_dir, *data_flags(csv_data), "--output_dir", str(out),
                  "--pretrain_max_steps", "3", "--max_steps", "3", *FAST]) == 0
-    results = json.loads((out / "all_results.json").read_text())
+    results = json.loads((out / "run_record.json").read_text())
     assert results["pretrain"]["eval_perplexity"] > 1.0
     assert "test_accuracy" in results["finetune"]
     model = lora_hf.LoraForSequenceClassification.from_pretrained(out)
@@ -119,7 +126,7 @@ def test_gpt2_causal_lm_finetuning_on_text(gpt2_dir, tmp_path):
     out = tmp_path / "run"
     assert main(["--model_name_or_path", gpt2_dir, "--train_file", train, "--validation_file", dev, "--task", "causal-lm",
                  "--output_dir", str(out), "--skip_pretrain", "--max_steps", "3", *FAST]) == 0
-    results = json.loads((out / "all_results.json").read_text())
+    results = json.loads((out / "run_record.json").read_text())
     assert results["task"] == "causal-lm" and results["finetune"]["eval_perplexity"] > 1.0
     model = lora_hf.LoraForCausalLM.from_pretrained(out)
     generated = model.generate(torch.tensor([[3, 4]]), max_new_tokens=3, do_sample=False)
@@ -132,7 +139,7 @@ def test_regression_and_token_classification_heads(bert_dir, tmp_path):
     out = tmp_path / "reg"
     assert main(["--model_name_or_path", bert_dir, "--train_file", reg_file, "--validation_file", reg_file,
                  "--output_dir", str(out), "--skip_pretrain", "--max_steps", "2", *FAST]) == 0
-    results = json.loads((out / "all_results.json").read_text())
+    results = json.loads((out / "run_record.json").read_text())
     assert results["task"] == "regression" and "eval_pearsonr" in results["finetune"]
 
     tok = [{"tokens": t.split(), "tags": ["POS" if w in t.split()[:1] else "O" for w in t.split()]} for t, _ in sentences(24)]
@@ -141,7 +148,7 @@ def test_regression_and_token_classification_heads(bert_dir, tmp_path):
     assert main(["--model_name_or_path", bert_dir, "--train_file", tok_file, "--validation_file", tok_file,
                  "--text_column", "tokens", "--label_column", "tags", "--output_dir", str(out),
                  "--skip_pretrain", "--max_steps", "2", *FAST]) == 0
-    results = json.loads((out / "all_results.json").read_text())
+    results = json.loads((out / "run_record.json").read_text())
     assert results["task"] == "token-classification"
     model = lora_hf.LoraForTokenClassification.from_pretrained(out)
     assert model.config.id2label == {0: "O", 1: "POS"}
@@ -151,7 +158,7 @@ def test_full_finetune_baseline_trains_every_weight(bert_dir, csv_data, tmp_path
     out = tmp_path / "run"
     assert main(["--model_name_or_path", bert_dir, *data_flags(csv_data), "--output_dir", str(out),
                  "--full_finetune", "--max_steps", "2", *FAST]) == 0
-    results = json.loads((out / "all_results.json").read_text())
+    results = json.loads((out / "run_record.json").read_text())
     assert results["trainable_params"] == results["total_params"]
     assert not (out / "pretrain").exists()
 
@@ -210,7 +217,7 @@ def test_ddp_with_two_cpu_processes(bert_dir, csv_data, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     state = json.loads((out / "finetune" / "trainer_state.json").read_text())
     assert state["global_step"] == 2
-    assert json.loads((out / "all_results.json").read_text())["finetune"]["test_accuracy"] >= 0
+    assert json.loads((out / "run_record.json").read_text())["finetune"]["test_accuracy"] >= 0
 
 
 def test_flags_from_a_yaml_file_and_a_datasets_directory(bert_dir, csv_data, tmp_path):
@@ -230,7 +237,7 @@ def test_flags_from_a_yaml_file_and_a_datasets_directory(bert_dir, csv_data, tmp
     assert main([str(config)]) == 0
     saved = json.loads((out / "config.json").read_text())
     assert (saved["r"], saved["lora_alpha"]) == (4, 8)
-    results = json.loads((out / "all_results.json").read_text())
+    results = json.loads((out / "run_record.json").read_text())
     assert "eval_accuracy" in results["finetune"]
     assert results["datasets"] == {"finetune": str(dataset_dir)}  # --skip_pretrain: no pretrain entry
     assert results["hyperparameters"]["finetune"]["LoRA alpha"] == 8
@@ -301,3 +308,23 @@ def test_a_card_the_user_wrote_in_the_output_directory_is_kept(bert_dir, csv_dat
                  "--skip_pretrain", "--max_steps", "1", *FAST]) == 0
     assert (out / "README.md").read_text() == "# notes I keep here\n"
     assert (out / "all_results.json").is_file() and (out / "model.safetensors").is_file()
+
+
+def test_do_predict_writes_regression_values_and_word_labels(bert_dir, tmp_path):
+    reg = [{"text": t, "label": float(l) * 2.5 - 0.3} for t, l in sentences(16)]
+    reg_file = write_jsonl(tmp_path / "reg.jsonl", reg)
+    out = tmp_path / "reg"
+    assert main(["--model_name_or_path", bert_dir, "--train_file", reg_file, "--test_file", reg_file, "--do_predict",
+                 "--output_dir", str(out), "--skip_pretrain", "--max_steps", "1", *FAST]) == 0
+    lines = (out / "predict_results.txt").read_text().splitlines()
+    assert lines[0] == "index\tprediction" and len(lines) == 17
+    assert all(re.fullmatch(r"\d+\t-?\d+\.\d{3}", line) for line in lines[1:])  # run_glue.py: f"{value:3.3f}"
+
+    tok = [{"tokens": t.split(), "tags": ["POS" if i == 0 else "O" for i, _ in enumerate(t.split())]} for t, _ in sentences(12)]
+    tok_file = write_jsonl(tmp_path / "tok.jsonl", tok)
+    out = tmp_path / "tok"
+    assert main(["--model_name_or_path", bert_dir, "--train_file", tok_file, "--test_file", tok_file, "--do_predict",
+                 "--text_column", "tokens", "--label_column", "tags", "--output_dir", str(out), "--skip_pretrain", "--max_steps", "1", *FAST]) == 0
+    rows = [line.split("\t")[1].split() for line in (out / "predict_results.txt").read_text().splitlines()[1:]]
+    assert [len(r) for r in rows] == [len(row["tokens"]) for row in tok]  # one label per word, as run_ner.py
+    assert {tag for r in rows for tag in r} <= {"O", "POS"}

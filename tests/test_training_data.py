@@ -69,7 +69,7 @@ def test_long_rows_are_truncated_with_a_warning_not_a_crash(bert_dir, tmp_path, 
     rows = [(" ".join(["good"] * 200), 1), ("bad film", 0)] * 4
     code, out = run(bert_dir, tmp_path, "--train_file", write_csv(tmp_path / "t.csv", rows))
     assert code == 0
-    assert json.loads((out / "all_results.json").read_text())["task"] == "classification"
+    assert json.loads((out / "run_record.json").read_text())["task"] == "classification"
 
 
 def test_vader_reader_parses_crlf_tab_separated_rows(tmp_path):
@@ -88,7 +88,7 @@ def test_default_task_runs_on_real_minilm_and_vader(tmp_path):
                  "--max_train_samples", "96", "--max_eval_samples", "64", "--eval_strategy", "no", "--save_strategy", "no",
                  "--disable_tqdm", "true", "--dataloader_pin_memory", "false"])
     assert code == 0
-    results = json.loads((out / "all_results.json").read_text())
+    results = json.loads((out / "run_record.json").read_text())
     assert results["base_model"].endswith("model") and results["task"] == "classification"
     for key in ("eval_accuracy", "test_accuracy"):
         assert 0.0 <= results["finetune"][key] <= 1.0
