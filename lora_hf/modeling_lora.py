@@ -69,6 +69,9 @@ class LoraPreTrainedModel(PreTrainedModel):
     _supports_flash_attn = True
     _supports_flex_attn = True
     backbone_auto_class = AutoModel
+    # The Trainer passes `num_items_in_batch` to `forward` and scales the loss by the process count (see forward).
+    accepts_loss_kwargs = True
+    _loss_shifts_labels = False
 
     def __init__(self, config: LoraConfig, backbone: PreTrainedModel | None = None):
         super().__init__(config)
@@ -123,7 +126,15 @@ class LoraPreTrainedModel(PreTrainedModel):
         return_dict=None,
         **kwargs,
     ):
-        """Runs the backbone; returns its own `ModelOutput` (with `loss` when labels are given)."""
+        """Runs the backbone; returns its own `ModelOutput` (with `loss` when labels are given).
+
+        `num_items_in_batch` (passed by the `Trainer`: the label count of the whole step, over every process
+        and accumulated micro-batch) turns the backbone's mean loss into this micro-batch's share of the step's
+        sum, which is what the Trainer expects from models that take it: it multiplies the loss by the number
+        of processes, and DDP averages gradients. Two processes then train exactly as one with the same global
+        batch, whatever the backbone's loss does with `num_items_in_batch` (BERT's ignores it).
+        """
+        num_items_in_batch = kwargs.pop("num_items_in_batch", None)
         inputs = {
             "input_ids": input_ids,
             "attention_mask": attention_mask,
@@ -139,7 +150,12 @@ class LoraPreTrainedModel(PreTrainedModel):
             **kwargs,
         }
         # Pass only what was given: backbones differ in the arguments they accept (DistilBERT has no token types).
-        return self.backbone(**{k: v for k, v in inputs.items() if v is not None})
+        outputs = self.backbone(**{k: v for k, v in inputs.items() if v is not None})
+        if num_items_in_batch is not None and labels is not None and getattr(outputs, "loss", None) is not None:
+            # Counted as the Trainer counts: labels other than -100, shifted by one for causal LMs.
+            counted = labels[..., 1:] if self._loss_shifts_labels else labels
+            outputs.loss = outputs.loss * (counted.ne(-100).sum() / num_items_in_batch)
+        return outputs
 
     # ----- parameter groups and phases ---------------------------------------------------
     def _group_members(self, group: str) -> set:
@@ -732,6 +748,7 @@ class LoraForCausalLM(LoraPreTrainedModel, GenerationMixin):
     """
 
     backbone_auto_class = AutoModelForCausalLM
+    _loss_shifts_labels = True  # token t predicts t + 1: the Trainer counts `labels[..., 1:]`
 
     def __init__(self, config: LoraConfig, backbone: PreTrainedModel | None = None):
         super().__init__(config, backbone=backbone)

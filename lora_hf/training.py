@@ -37,6 +37,7 @@ from transformers import (
     DataCollatorWithPadding,
     HfArgumentParser,
     Trainer,
+    TrainerCallback,
     TrainingArguments,
     set_seed,
 )
@@ -246,20 +247,35 @@ def _align_token_labels(batch, tokenizer, data_args, label_to_id, has_labels):
     return enc
 
 
-class _ContentSeededMLMCollator(DataCollatorForLanguageModeling):
-    """Masks each batch with a generator seeded from the run's seed and the batch's token ids.
+class _ContentSeededMLMCollator(DataCollatorForLanguageModeling, TrainerCallback):
+    """Masks each text with a generator seeded from the run's seed, the epoch and the text's own token ids.
 
     The Trainer collates the first batch after `--resume_from_checkpoint` before it restores the RNG
     state, so masking drawn from the global RNG would make a resumed run drift from an uninterrupted
-    one. Content-seeded masks do not depend on RNG state; batches differ every epoch, so masks do too.
+    one. Content-seeded masks do not depend on RNG state. Seeded per text (padding left out), a text is
+    masked the same way whatever batch it lands in: two processes with 4 rows a step mask as one process
+    with 8 rows does. The epoch (set as a callback) gives each epoch new masks.
     """
 
     mask_seed = 0
+    epoch = 0
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self.epoch = math.floor(state.epoch + 1e-9)  # a resumed run restarts mid-epoch: 1.5 -> 1
 
     def torch_mask_tokens(self, inputs, special_tokens_mask=None, offset_mapping=None):
-        digest = hashlib.sha256(self.mask_seed.to_bytes(8, "little", signed=True) + inputs.numpy().tobytes()).digest()
-        self.generator = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little"))
-        return super().torch_mask_tokens(inputs, special_tokens_mask, offset_mapping)
+        labels = torch.full_like(inputs, -100)
+        key = self.mask_seed.to_bytes(8, "little", signed=True) + self.epoch.to_bytes(4, "little")
+        for i, row in enumerate(inputs):
+            keep = row != self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else torch.ones_like(row, dtype=torch.bool)
+            text = row[keep]
+            digest = hashlib.sha256(key + text.numpy().tobytes()).digest()
+            self.generator = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little"))
+            special = None if special_tokens_mask is None else special_tokens_mask[i][keep][None]
+            offsets = None if offset_mapping is None else offset_mapping[i][keep][None]
+            masked, row_labels = super().torch_mask_tokens(text[None].clone(), special, offsets)
+            inputs[i, keep], labels[i, keep] = masked[0], row_labels[0]
+        return inputs, labels
 
 
 # ----- metrics --------------------------------------------------------------------------------
@@ -613,6 +629,7 @@ def _train_phase(model, args, train, evals, test, collator, tokenizer, phase_dir
     trainer = _Trainer(
         model=model, args=args, train_dataset=train, eval_dataset=evals, data_collator=collator,
         processing_class=tokenizer, compute_metrics=compute_metrics,
+        callbacks=[collator] if isinstance(collator, TrainerCallback) else None,
     )
     started = time.perf_counter()
     resume = _resume_point(top_args, phase_dir)

@@ -1,0 +1,125 @@
+"""Real multi-process runs on CPU (gloo): DDP, DeepSpeed ZeRO-2/3 and FSDP1/FSDP2, two processes each.
+
+Every run records the world size each rank saw (tests/rank_probe.py, tests/fsdp_worker.py), so a run
+that silently fell back to one process fails. Models are tiny (tests/train_fixtures.py) with every
+dropout at zero, so two processes and one process with the same global batch compute the same thing.
+
+Tolerances: DDP against one process, 1e-6 (fp32: the all-reduce sums two halves of a batch in another
+order than one process does). ZeRO-2/3 against DDP, 1e-5: DeepSpeed keeps its own fp32 optimizer
+(a fused Adam step, gradient bucketing), so its updates round differently.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import lora_hf
+from lora_hf.training import main
+from train_fixtures import save_tiny_bert, sentences, write_csv
+
+REPO = Path(__file__).resolve().parents[1]
+RUN = str(REPO / "scripts" / "run_two_phase.py")
+PROBE = str(REPO / "tests" / "rank_probe.py")
+# Global batch 8: one process with 8 rows a step, or two with 4 each.
+STEPS = ["--pretrain_max_steps", "3", "--max_steps", "3", "--max_seq_length", "16", "--per_device_eval_batch_size", "16",
+         "--logging_steps", "1", "--dataloader_pin_memory", "false", "--disable_tqdm", "true", "--save_strategy", "no",
+         "--eval_strategy", "no", "--seed", "7"]
+DDP_TOL = 1e-6
+DEEPSPEED_TOL = 1e-5
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def env(**extra) -> dict:
+    return {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1",
+            "HF_HUB_OFFLINE": "1", **extra}
+
+
+def launch(cmd: list, record: Path, timeout: int = 600, **extra_env) -> subprocess.CompletedProcess:
+    record.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(cmd, env=env(LORA_HF_RANK_DIR=str(record), **extra_env), capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    return done
+
+
+def ranks_saw(record: Path, world: int) -> None:
+    """Each of `world` ranks ran, saw `world` processes and imported this checkout's lora_hf."""
+    seen = [json.loads((record / f"rank{i}.json").read_text()) for i in range(world)]
+    assert [s["world_size"] for s in seen] == [world] * world
+    assert [s["torch_distributed_world_size"] for s in seen] == [world] * world
+    assert {s["lora_hf"] for s in seen} == {lora_hf.__file__}
+
+
+def assert_tensors_close(a: dict, b: dict, atol: float) -> float:
+    assert a.keys() == b.keys()
+    worst = max((a[k].float() - b[k].float()).abs().max().item() for k in a)
+    assert worst <= atol, f"max |diff| {worst:.3g} > {atol}"
+    return worst
+
+
+@pytest.fixture(scope="module")
+def bert_dir(tmp_path_factory):
+    """Tiny BERT with every dropout at zero: one process and two compute the same function."""
+    path = save_tiny_bert(tmp_path_factory.mktemp("tiny_bert_nodrop"))
+    config = json.loads((Path(path) / "config.json").read_text())
+    config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, classifier_dropout=0.0)
+    (Path(path) / "config.json").write_text(json.dumps(config))
+    return path
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("dist_data")
+    return ["--train_file", write_csv(root / "train.csv", sentences(48, seed=1)),
+            "--validation_file", write_csv(root / "dev.csv", sentences(16, seed=2))]
+
+
+@pytest.fixture(scope="module")
+def single(bert_dir, data, tmp_path_factory):
+    """The reference: one process, 8 rows a step."""
+    out = tmp_path_factory.mktemp("single") / "run"
+    assert main(["--model_name_or_path", bert_dir, *data, "--output_dir", str(out), "--per_device_train_batch_size", "8", *STEPS]) == 0
+    return out
+
+
+def accelerate_ddp(script_args: list, port: int) -> list:
+    """The README's DDP command: two real processes on CPU need --multi_gpu (a launcher choice, not a device
+    one) and the script's --use_cpu; `--cpu --num_processes 2` starts one process."""
+    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+            "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port), PROBE, RUN,
+            "--use_cpu", "true", "--ddp_backend", "gloo", *script_args]
+
+
+@pytest.fixture(scope="module")
+def ddp(bert_dir, data, tmp_path_factory):
+    root = tmp_path_factory.mktemp("ddp")
+    launch(accelerate_ddp(["--model_name_or_path", bert_dir, *data, "--output_dir", str(root / "run"),
+                           "--per_device_train_batch_size", "4", *STEPS], free_port()), root / "ranks")
+    return root
+
+
+def test_ddp_two_processes_equal_one_process_with_the_same_global_batch(ddp, single):
+    ranks_saw(ddp / "ranks", 2)
+    for phase in ("pretrain", "finetune"):
+        saved = load_file(ddp / "run" / phase / "model.safetensors")
+        reference = load_file(single / phase / "model.safetensors")
+        worst = assert_tensors_close(saved, reference, DDP_TOL)
+        print(f"DDP {phase}: max |diff| against one process {worst:.3g} over {len(saved)} tensors")
+        # Training moved the adapters: the comparison is not between two untouched models.
+        assert any(k.endswith("lora_B") and saved[k].abs().max() > 0 for k in saved)
+        # The ranks hold identical models, and those are what was saved.
+        rank0, rank1 = (load_file(ddp / "ranks" / f"rank{i}-{phase}.safetensors") for i in range(2))
+        assert_tensors_close(rank0, rank1, 0.0)
+        assert_tensors_close({k: v for k, v in saved.items() if k in rank0}, rank0, 0.0)
+    assert load_file(ddp / "run" / "model.safetensors").keys() == load_file(single / "model.safetensors").keys()
