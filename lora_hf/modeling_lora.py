@@ -159,7 +159,7 @@ class LoraPreTrainedModel(PreTrainedModel):
 
     # ----- parameter groups and phases ---------------------------------------------------
     def _group_members(self, group: str) -> set:
-        names = [name for name, _ in self.named_parameters()]
+        names = [_unwrapped_name(name) for name, _ in self.named_parameters()]
         if group == "all":
             return set(names)
         if group.startswith("re:"):
@@ -178,8 +178,9 @@ class LoraPreTrainedModel(PreTrainedModel):
         members = set()
         # Attention blocks by class name, as target_modules="auto" finds them: GPT-2's `attn` and Llama's
         # `self_attn` have no "attention" in their module names.
-        blocks = tuple(f"{n}." for n, m in self.named_modules() if "attention" in type(m).__name__.lower())
+        blocks = tuple(f"{_unwrapped_name(n)}." for n, m in self.named_modules() if "attention" in type(m).__name__.lower())
         for module_name, module in self.named_modules():
+            module_name = _unwrapped_name(module_name)
             if group == "embeddings":
                 hit = isinstance(module, (nn.Embedding, LoraEmbedding))
             elif group == "norm":
@@ -188,7 +189,7 @@ class LoraPreTrainedModel(PreTrainedModel):
                 inside = "attention" in module_name.lower() or module_name.startswith(blocks)
                 hit = inside and isinstance(module, (nn.Linear, Conv1D, LoraLinear))
             if hit:
-                members.update(f"{module_name}.{p}" for p, _ in module.named_parameters(recurse=group == "norm"))
+                members.update(_unwrapped_name(f"{module_name}.{p}") for p, _ in module.named_parameters(recurse=group == "norm"))
         return {n for n in members if n in set(names) and not n.endswith((".lora_A", ".lora_B"))}
 
     def phase_parameter_names(self, phase: str) -> set:
@@ -228,7 +229,7 @@ class LoraPreTrainedModel(PreTrainedModel):
                 f"{type(self).__name__}; name groups from {list(GROUPS)} that this model has."
             )
         for name, param in self.named_parameters():
-            param.requires_grad_(name in trainable)
+            param.requires_grad_(_unwrapped_name(name) in trainable)
         self.active_phase = phase
 
     def parameter_groups(self) -> dict:
@@ -304,7 +305,7 @@ class LoraPreTrainedModel(PreTrainedModel):
         names = self.new_parameter_names()
         for group in self.config.trained_groups + list(self.config.phase_trainable.get(self.active_phase, [])):
             names |= self._group_members(group)
-        names |= {n for n, p in self.named_parameters() if p.requires_grad}
+        names |= {_unwrapped_name(n) for n, p in self.named_parameters() if p.requires_grad}
         return sorted(names)
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
@@ -342,36 +343,43 @@ class LoraPreTrainedModel(PreTrainedModel):
         """
         if not safe_serialization:
             raise ValueError("`safe_serialization=False`: lora_hf writes safetensors only.")
-        if not is_main_process:
-            return
         if self.active_phase is not None:
             self._record_trained(self.active_phase)
         if os.path.isfile(save_directory):
             raise ValueError(f"`save_directory` {str(save_directory)!r} is a file; pass a directory.")
-        os.makedirs(save_directory, exist_ok=True)
         full_state = state_dict if state_dict is not None else self.state_dict()
         if save_base:
             # named_parameters() lists a tied weight once: save it once, re-tied on load.
-            keep = {n for n, _ in self.named_parameters()} | {n for n, _ in self.named_buffers() if n in full_state}
+            keep = {_unwrapped_name(n) for n, _ in self.named_parameters()} | {n for n, _ in self.named_buffers() if n in full_state}
         else:
             keep = set(self.adapter_state_keys())
-        tensors = {k: v.detach().contiguous() for k, v in full_state.items() if k in keep}
+        # Sharded tensors (FSDP2's DTensors) are gathered here, on every rank in the same order: the
+        # collective needs them all, so call save_pretrained on every rank and let `is_main_process` pick the writer.
+        tensors = {k: _full_tensor(v).detach().contiguous() for k, v in sorted(full_state.items()) if k in keep}
+        if not is_main_process:
+            return
+        os.makedirs(save_directory, exist_ok=True)
         for name, layer in lora_layers(self):
             # A merged layer's weight holds W + scale * B @ A, and lora_A / lora_B are saved too: save W,
             # or the loaded (unmerged) model would add the update twice.
-            key = f"{name}.weight"
+            key = f"{_unwrapped_name(name)}.weight"
             if layer.merged and key in tensors and full_state[key].data_ptr() == layer.weight.data_ptr():
                 tensors[key] = (layer.weight.float() - layer._delta_fp32()).to(layer.weight.dtype).detach()
         metadata = {"format": "pt", "lora_hf_format": "full" if save_base else "adapter", "base_prefix": self._base_prefix()}
         files = [(WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata=metadata))]
         here = Path(__file__).parent
         files += [(name, lambda tmp, src=here / name: shutil.copyfile(src, tmp)) for name in CODE_FILES]
-        self.config.architectures = [type(self).__name__]
+        self.config.architectures = [self._model_class().__name__]
         self.config.auto_map = _auto_map()
         files.append((CONFIG_NAME, lambda tmp: self.config.to_json_file(tmp, use_diff=True)))
         _atomic_write_all(Path(save_directory), files)  # weights first, config last
         if push_to_hub:
             raise ValueError("`push_to_hub=True` in `save_pretrained`: call `model.push_to_hub(repo_id)` instead.")
+
+    def _model_class(self) -> type:
+        """This model's lora_hf class: FSDP2's `fully_shard` swaps in a subclass `FSDP<Class>` of `(FSDPModule, Class)`,
+        which must not reach `config.architectures` (loading would read it as another head)."""
+        return next(c for c in type(self).__mro__ if "FSDPModule" not in {base.__name__ for base in c.__mro__})
 
     # ----- load --------------------------------------------------------------------------
     @classmethod
@@ -562,7 +570,8 @@ class LoraPreTrainedModel(PreTrainedModel):
         saved_prefix = metadata.get("base_prefix", "")
         own_prefix = self._base_prefix()
         own = self.state_dict(keep_vars=True)
-        head_switch = (self.config.architectures or [type(self).__name__]) != [type(self).__name__]
+        own_class = self._model_class().__name__
+        head_switch = (self.config.architectures or [own_class]) != [own_class]
 
         def split(key, prefix):
             rest = key[len("backbone.") :] if key.startswith("backbone.") else key
@@ -637,7 +646,7 @@ class LoraPreTrainedModel(PreTrainedModel):
                 f"Dropped the saved {self.config.architectures[0]} head ({len(dropped)} tensors); newly initialised "
                 f"in {type(self).__name__}, to be trained: {fresh}."
             )
-        self.config.architectures = [type(self).__name__]
+        self.config.architectures = [own_class]
         # Re-apply the phase: loading replaced no Parameter, but keep requires_grad explicit.
         self._apply_phase(self.active_phase)
 
@@ -768,6 +777,32 @@ _AUTO_CLASSES = {
     "AutoModelForTokenClassification": "LoraForTokenClassification",
     "AutoModelForQuestionAnswering": "LoraForQuestionAnswering",
 }
+
+
+# Wrappers that put themselves into parameter names (FSDP1 units, activation checkpointing). Their state
+# dicts leave them out, and so do the names lora_hf groups, saves and loads.
+_WRAPPER_NAMES = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.")
+
+
+def _unwrapped_name(name: str) -> str:
+    for wrapper in _WRAPPER_NAMES:
+        name = name.replace(wrapper, "")
+    return name
+
+
+def _full_tensor(tensor: torch.Tensor) -> torch.Tensor:
+    """The whole tensor behind a shard, a collective every rank calls: a DTensor (FSDP2) on every rank, an FSDP1
+    `ShardedTensor` on rank 0 (the others get an empty tensor: they do not write). Other tensors as they are."""
+    if hasattr(tensor, "full_tensor") and hasattr(tensor, "device_mesh"):
+        return tensor.full_tensor()
+    if type(tensor).__name__ == "ShardedTensor":
+        shards = tensor.local_shards()
+        device = shards[0].tensor.device if shards else torch.device("cpu")
+        on_zero = torch.distributed.get_rank() == 0
+        full = torch.empty(tensor.size(), dtype=tensor.dtype, device=device) if on_zero else None
+        tensor.gather(dst=0, out=full)
+        return full if on_zero else torch.empty(0)
+    return tensor
 
 
 def _auto_map() -> dict:

@@ -123,3 +123,77 @@ def test_ddp_two_processes_equal_one_process_with_the_same_global_batch(ddp, sin
         assert_tensors_close(rank0, rank1, 0.0)
         assert_tensors_close({k: v for k, v in saved.items() if k in rank0}, rank0, 0.0)
     assert load_file(ddp / "run" / "model.safetensors").keys() == load_file(single / "model.safetensors").keys()
+
+
+def accelerate_deepspeed(stage: int, script_args: list, port: int) -> list:
+    """The README's DeepSpeed command; on CPU it needs DS_ACCELERATOR=cpu in the environment and gloo."""
+    return [sys.executable, "-m", "accelerate.commands.launch", "--use_deepspeed", "--zero_stage", str(stage),
+            "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+            "--main_process_port", str(port), PROBE, RUN, "--ddp_backend", "gloo", *script_args]
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_deepspeed_zero_trains_both_phases_like_ddp_and_saves_complete_adapters(stage, ddp, bert_dir, data, tmp_path):
+    launch(accelerate_deepspeed(stage, ["--model_name_or_path", bert_dir, *data, "--output_dir", str(tmp_path / "run"),
+                                        "--per_device_train_batch_size", "4", *STEPS], free_port()),
+           tmp_path / "ranks", DS_ACCELERATOR="cpu")
+    ranks_saw(tmp_path / "ranks", 2)
+    for phase in ("pretrain", "finetune"):
+        saved = load_file(tmp_path / "run" / phase / "model.safetensors")
+        reference = load_file(ddp / "run" / phase / "model.safetensors")
+        # Complete: every tensor DDP saved (every LoRA A and B), full shapes, B moved off zero.
+        worst = assert_tensors_close(saved, reference, DEEPSPEED_TOL)
+        print(f"ZeRO-{stage} {phase}: max |diff| against DDP {worst:.3g} over {len(saved)} tensors")
+        assert all(saved[k].abs().max() > 0 for k in saved if k.endswith("lora_B"))
+        rank0, rank1 = (load_file(tmp_path / "ranks" / f"rank{i}-{phase}.safetensors") for i in range(2))
+        assert_tensors_close(rank0, rank1, 0.0)
+        assert_tensors_close({k: v for k, v in saved.items() if k in rank0}, rank0, 0.0)
+
+
+def torchrun(script_args: list, port: int, nnodes: int = 1, node_rank: int = 0, nproc: int = 2) -> list:
+    return [sys.executable, "-m", "torch.distributed.run", "--nnodes", str(nnodes), "--node_rank", str(node_rank),
+            "--nproc_per_node", str(nproc), "--master_addr", "127.0.0.1", "--master_port", str(port), *script_args]
+
+
+@pytest.mark.parametrize("state_dict", ["full", "sharded"])
+@pytest.mark.parametrize("fsdp", [1, 2])
+def test_fsdp_training_saves_a_directory_that_loads_to_the_in_memory_model(fsdp, state_dict, bert_dir, tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    out = tmp_path / "fsdp"
+    launch(torchrun([str(REPO / "tests" / "fsdp_worker.py"), "--fsdp", str(fsdp), "--state_dict", state_dict,
+                     "--base", bert_dir, "--out", str(out)], free_port()), out)
+    ranks_saw(out, 2)
+    config = json.loads((out / "model" / "config.json").read_text())
+    assert config["architectures"] == ["LoraForSequenceClassification"]  # not FSDP2's FSDPLoraForSequenceClassification
+    saved = load_file(out / "model" / "model.safetensors")
+    assert not any("_fsdp_wrapped_module" in k for k in saved)
+    loaded = AutoModelForSequenceClassification.from_pretrained(out / "model")
+    assert type(loaded).__name__ == "LoraForSequenceClassification"
+    assert sorted(saved) == loaded.adapter_state_keys()  # every LoRA tensor and the new head, nothing else
+    assert sum(k.endswith(("lora_A", "lora_B")) for k in saved) == 16  # 2 layers x 4 attention projections x (A, B)
+    assert all(saved[k].abs().max() > 0 for k in saved if k.endswith("lora_B"))  # trained
+    reference = load_file(out / "in_memory.safetensors")
+    with torch.no_grad():
+        logits = loaded(input_ids=reference["input_ids"]).logits
+    worst = (logits - reference["logits"]).abs().max().item()
+    print(f"FSDP{fsdp} {state_dict}: max |logit diff| loaded vs in-memory {worst:.3g}")
+    torch.testing.assert_close(logits, reference["logits"], rtol=0, atol=1e-6)
+
+
+def test_two_nodes_on_localhost_train_as_one_node(ddp, bert_dir, data, tmp_path):
+    """`torchrun --nnodes 2` with one process a node (the Trainer picks the ranks up from torchrun) equals the
+    single-node two-process DDP run."""
+    port, record = free_port(), tmp_path / "ranks"
+    record.mkdir()
+    script = [PROBE, RUN, "--use_cpu", "true", "--ddp_backend", "gloo", "--model_name_or_path", bert_dir, *data,
+              "--output_dir", str(tmp_path / "run"), "--per_device_train_batch_size", "4", *STEPS]
+    nodes = [subprocess.Popen(torchrun(script, port, nnodes=2, node_rank=i, nproc=1), env=env(LORA_HF_RANK_DIR=str(record)),
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    logs = [node.communicate(timeout=600)[0] for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], logs[0][-3000:] + logs[1][-3000:]
+    ranks_saw(record, 2)
+    for phase in ("pretrain", "finetune"):
+        worst = assert_tensors_close(load_file(tmp_path / "run" / phase / "model.safetensors"),
+                                     load_file(ddp / "run" / phase / "model.safetensors"), DDP_TOL)
+        print(f"two nodes {phase}: max |diff| against one node {worst:.3g}")
