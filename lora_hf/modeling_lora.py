@@ -3,6 +3,7 @@
 # torch, transformers, safetensors and its sibling modules.
 """LoRA models: `PreTrainedModel`s that wrap a `transformers` backbone with LoRA layers."""
 
+import contextlib
 import copy
 import hashlib
 import os
@@ -29,7 +30,7 @@ from transformers.pytorch_utils import Conv1D
 from transformers.utils import logging
 
 from .configuration_lora import GROUPS, PHASES, LoraConfig, check_group
-from .lora_layers import LoraEmbedding, LoraLinear, inject_lora, lora_layers, unload_lora
+from .lora_layers import LoraEmbedding, LoraLinear, inject_lora, lora_layers, unload_lora, weight_shape
 
 logger = logging.get_logger(__name__)
 
@@ -243,9 +244,10 @@ class LoraPreTrainedModel(PreTrainedModel):
         """`(trainable, all)` parameter counts; tied weights are counted once."""
         trainable = total = 0
         for param in self.parameters():
-            total += param.numel()
+            numel = getattr(param, "ds_numel", param.numel())  # ZeRO-3 keeps a slice of each weight per rank
+            total += numel
             if param.requires_grad:
-                trainable += param.numel()
+                trainable += numel
         return trainable, total
 
     def print_trainable_parameters(self) -> None:
@@ -432,7 +434,8 @@ class LoraPreTrainedModel(PreTrainedModel):
         )
         model = cls(config, backbone=backbone)
         model._set_newly_initialized(info)
-        config.base_fingerprint = model.base_fingerprint()
+        with _zero3_gathered([layer.weight for _, layer in lora_layers(model.backbone)]):
+            config.base_fingerprint = model.base_fingerprint()
         return model
 
     def _set_newly_initialized(self, loading_info: dict) -> None:
@@ -447,7 +450,15 @@ class LoraPreTrainedModel(PreTrainedModel):
         from .lora_layers import find_target_modules
 
         with torch.device("meta"):
-            skeleton = cls.backbone_auto_class.from_config(config.backbone_config)
+            # The model class itself, not `from_config`: under DeepSpeed ZeRO-3 that partitions weights with
+            # `zero.Init`, which cannot copy meta tensors.
+            model_class = cls.backbone_auto_class._model_mapping.get(type(config.backbone_config), None)
+            if isinstance(model_class, (list, tuple)):
+                model_class = model_class[0]
+            if model_class is None:  # a config class registered otherwise (remote code)
+                skeleton = cls.backbone_auto_class.from_config(config.backbone_config)
+            else:
+                skeleton = model_class(config.backbone_config)
         find_target_modules(skeleton, config.target_modules)
 
     def base_fingerprint(self) -> str:
@@ -556,10 +567,12 @@ class LoraPreTrainedModel(PreTrainedModel):
         if base_model_name_or_path:
             config.base_model_name_or_path = str(base_model_name_or_path)
         expected = config.base_fingerprint
-        if expected and not ignore_base_mismatch and model.base_fingerprint() != expected:
+        with _zero3_gathered([layer.weight for _, layer in lora_layers(model.backbone)]):
+            fingerprint = model.base_fingerprint()
+        if expected and not ignore_base_mismatch and fingerprint != expected:
             raise ValueError(
                 f"The base model {base!r} is not the one these adapters were trained on (fingerprint "
-                f"{model.base_fingerprint()} != saved {expected}). Load the right base, or pass "
+                f"{fingerprint} != saved {expected}). Load the right base, or pass "
                 "`ignore_base_mismatch=True` to load anyway."
             )
         model._load_saved_tensors(state, metadata, strict_full=False)
@@ -589,8 +602,8 @@ class LoraPreTrainedModel(PreTrainedModel):
             if target is None or (canonical[0] == "head" and head_switch):
                 (dropped if canonical[0] == "head" and head_switch else unexpected).append(key)
                 continue
-            if tuple(own[target].shape) != tuple(tensor.shape):
-                mismatched.append(f"{key}: saved {tuple(tensor.shape)}, model {tuple(own[target].shape)}")
+            if tuple(weight_shape(own[target])) != tuple(tensor.shape):
+                mismatched.append(f"{key}: saved {tuple(tensor.shape)}, model {tuple(weight_shape(own[target]))}")
                 continue
             if own[target].is_floating_point() != tensor.is_floating_point():
                 mismatched.append(f"{key}: saved dtype {tensor.dtype}, model {own[target].dtype}")
@@ -637,10 +650,10 @@ class LoraPreTrainedModel(PreTrainedModel):
                 f"The checkpoint lacks tensors {type(self).__name__} needs: {missing[:8]}{' ...' if len(missing) > 8 else ''}. "
                 "It was saved from another configuration (r, target_modules or trained groups differ)."
             )
-        with torch.no_grad():
-            for key, value in state.items():
-                if key not in dropped:
-                    own[own_by_canonical[split(key, saved_prefix)]].copy_(value)
+        targets = {key: own[own_by_canonical[split(key, saved_prefix)]] for key in state if key not in dropped}
+        with torch.no_grad(), _zero3_gathered(list(targets.values()), modified=True):
+            for key, target in targets.items():
+                target.copy_(state[key])
         if dropped or fresh:
             logger.warning(
                 f"Dropped the saved {self.config.architectures[0]} head ({len(dropped)} tensors); newly initialised "
@@ -803,6 +816,21 @@ def _full_tensor(tensor: torch.Tensor) -> torch.Tensor:
         tensor.gather(dst=0, out=full)
         return full if on_zero else torch.empty(0)
     return tensor
+
+
+@contextlib.contextmanager
+def _zero3_gathered(tensors: list, modified: bool = False):
+    """Whole weights inside the block under DeepSpeed ZeRO-3 (which keeps a slice of each per rank), partitioned
+    again after it, from the values written in it when `modified`. A collective: every rank runs it, and every rank
+    writes the same values. Without ZeRO-3, nothing happens."""
+    partitioned = [t for t in dict.fromkeys(tensors) if hasattr(t, "ds_id")]
+    if partitioned:
+        partitioned[0].all_gather(param_list=partitioned)
+    try:
+        yield
+    finally:
+        if partitioned:
+            partitioned[0].partition(param_list=partitioned, has_been_updated=modified)
 
 
 def _auto_map() -> dict:

@@ -651,9 +651,11 @@ def _train_phase(model, args, train, evals, test, collator, tokenizer, phase_dir
             metrics.update(_add_perplexity(result, prefix) if language_model else result)
     trainable, total = _count_params(model)
     done = {"metrics": metrics, "log_history": trainer.state.log_history, "trainable_params": trainable, "total_params": total}
+    with _write_errors(f"the {phase_dir.name} model to {str(phase_dir)!r}"):
+        # On every rank: FSDP and ZeRO-3 gather the sharded weights with collectives; the main process writes.
+        trainer.save_model(str(phase_dir))
     if trainer.is_world_process_zero():
         with _write_errors(f"the {phase_dir.name} model to {str(phase_dir)!r}"):
-            trainer.save_model(str(phase_dir))
             trainer.save_state()
             trainer.save_metrics("all", metrics, combined=False)
             plot_loss_curves({phase_dir.name: trainer.state.log_history}, phase_dir / "loss_curve.png")
@@ -690,6 +692,24 @@ class _Trainer(Trainer):
             groups += [{**group, "params": pretrained, "lr": rate}] if pretrained else []
         optimizer.param_groups[:] = groups
         return optimizer
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        model = self.accelerator.unwrap_model(self.model)
+        if not (isinstance(model, LoraPreTrainedModel) and any(hasattr(p, "ds_id") for p in model.parameters())):
+            return super().save_model(output_dir, _internal_call)
+        # DeepSpeed ZeRO-3 keeps a slice of each weight per rank. Gather only what an adapter save holds, on every
+        # rank: the Trainer's own path needs `stage3_gather_16bit_weights_on_model_save` and the whole model on
+        # one rank, and without it writes no weights at all.
+        import deepspeed
+
+        names = set(model.adapter_state_keys())
+        params = {n: p for n, p in model.named_parameters() if n in names}
+        with deepspeed.zero.GatheredParameters(list(params.values())):
+            state = {n: p.detach().clone() for n, p in params.items()}
+        output_dir = output_dir or self.args.output_dir
+        model.save_pretrained(output_dir, state_dict=state, is_main_process=self.args.should_save)
+        if self.args.should_save and self.processing_class is not None:
+            self.processing_class.save_pretrained(output_dir)
 
     def _save_checkpoint(self, model, trial) -> None:
         with _write_errors(f"checkpoint-{self.state.global_step} in {self.args.output_dir!r}"):
