@@ -209,3 +209,39 @@ def test_two_nodes_on_localhost_train_as_one_node(ddp, bert_dir, data, tmp_path)
         worst = assert_tensors_close(load_file(tmp_path / "run" / phase / "model.safetensors"),
                                      load_file(ddp / "run" / phase / "model.safetensors"), DDP_TOL)
         print(f"two nodes {phase}: max |diff| against one node {worst:.3g}")
+
+
+@pytest.mark.parametrize("head", ["sequence-classification", "masked-lm", "causal-lm"])
+def test_a_micro_batch_loss_is_its_share_of_the_step_sum_when_the_trainer_passes_num_items(head):
+    """The rule behind DDP equality, in one process: with `num_items_in_batch` = N, the loss is the sum of the
+    per-label losses of this micro-batch divided by N (labels -100 left out, shifted by one for causal LMs)."""
+    import torch.nn.functional as F
+
+    from lora_hf import LoraConfig, LoraForCausalLM, LoraForMaskedLM, LoraForSequenceClassification
+    from tiny_backbones import VOCAB, inputs, randomize_adapters, tiny_config
+
+    torch.manual_seed(0)
+    if head == "causal-lm":
+        model = LoraForCausalLM(LoraConfig(backbone_config=tiny_config("gpt2", dropout=False)))
+    elif head == "masked-lm":
+        model = LoraForMaskedLM(LoraConfig(backbone_config=tiny_config("bert", dropout=False)))
+    else:
+        config = tiny_config("bert", dropout=False)
+        config.num_labels = 3
+        model = LoraForSequenceClassification(LoraConfig(backbone_config=config))
+    randomize_adapters(model)
+    ids = inputs(batch=3, length=6)
+    if head == "sequence-classification":
+        labels = torch.tensor([0, 2, 1])
+    else:
+        labels = ids.clone()
+        labels[0, :3] = -100
+        labels[2, 4:] = -100
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits
+        loss = model(input_ids=ids, labels=labels, num_items_in_batch=torch.tensor(40)).loss
+    if head == "causal-lm":
+        logits, labels = logits[:, :-1], labels[:, 1:]
+    width = 3 if head == "sequence-classification" else VOCAB
+    summed = F.cross_entropy(logits.reshape(-1, width), labels.reshape(-1), ignore_index=-100, reduction="sum")
+    torch.testing.assert_close(loss, summed / 40, rtol=1e-6, atol=0)
