@@ -31,7 +31,7 @@ PROBE = str(REPO / "tests" / "rank_probe.py")
 # Global batch 8: one process with 8 rows a step, or two with 4 each.
 STEPS = ["--pretrain_max_steps", "3", "--max_steps", "3", "--max_seq_length", "16", "--per_device_eval_batch_size", "16",
          "--logging_steps", "1", "--dataloader_pin_memory", "false", "--disable_tqdm", "true", "--save_strategy", "no",
-         "--eval_strategy", "no", "--seed", "7"]
+         "--eval_strategy", "no", "--seed", "7", "--bf16", "false"]  # fp32, whatever the default precision
 DDP_TOL = 1e-6
 DEEPSPEED_TOL = 1e-6
 
