@@ -136,6 +136,16 @@ def test_ddp_two_processes_equal_one_process_with_the_same_global_batch(ddp, sin
     assert load_file(ddp / "run" / "model.safetensors").keys() == load_file(single / "model.safetensors").keys()
 
 
+def test_gradient_accumulation_equals_one_big_batch(single, bert_dir, data, tmp_path):
+    """The same loss rule, one process: 2 accumulated micro-batches of 4 train as one batch of 8."""
+    out = tmp_path / "accumulated"
+    assert main(["--model_name_or_path", bert_dir, *data, "--output_dir", str(out), "--per_device_train_batch_size", "4",
+                 "--gradient_accumulation_steps", "2", *STEPS]) == 0
+    for phase in ("pretrain", "finetune"):
+        worst = assert_tensors_close(load_file(out / phase / "model.safetensors"), load_file(single / phase / "model.safetensors"), DDP_TOL)
+        print(f"gradient accumulation {phase}: max |diff| against one batch {worst:.3g}")
+
+
 def accelerate_deepspeed(stage: int, script_args: list, port: int) -> list:
     """The README's DeepSpeed command; on CPU it needs DS_ACCELERATOR=cpu in the environment and gloo."""
     return [sys.executable, "-m", "accelerate.commands.launch", "--use_deepspeed", "--zero_stage", str(stage),
