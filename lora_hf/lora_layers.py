@@ -31,6 +31,11 @@ _LINEAR_TYPES = (nn.Linear, Conv1D)
 _INIT_CHOICES = ("kaiming", "gaussian")
 
 
+def weight_shape(weight: torch.Tensor) -> torch.Size:
+    """A weight's full shape, also under DeepSpeed ZeRO-3, whose partitioned weights have shape (0,) outside their forward."""
+    return getattr(weight, "ds_shape", weight.shape)
+
+
 class _LoraLayer(nn.Module):
     """What LoRA layers share: scaling, merge state, and the way back to the original layer."""
 
@@ -115,9 +120,9 @@ class LoraLinear(_LoraLayer):
         # GPT-2's Conv1D stores W as (in, out) and computes x @ W + b.
         self.fan_in_fan_out = isinstance(base, Conv1D)
         if self.fan_in_fan_out:
-            self.in_features, self.out_features = base.weight.shape
+            self.in_features, self.out_features = weight_shape(base.weight)
         else:
-            self.out_features, self.in_features = base.weight.shape
+            self.out_features, self.in_features = weight_shape(base.weight)
         self._setup(base, r, lora_alpha, lora_dropout, use_rslora)
         factory = {"device": self.weight.device, "dtype": self.weight.dtype}
         self.lora_A = nn.Parameter(torch.empty(r, self.in_features, **factory))
@@ -237,7 +242,7 @@ class LoraEmbedding(_LoraLayer):
         init_lora_weights: str = "kaiming",
     ):
         super().__init__()
-        self.num_embeddings, self.embedding_dim = base.weight.shape
+        self.num_embeddings, self.embedding_dim = weight_shape(base.weight)
         self.padding_idx = base.padding_idx
         self.max_norm = base.max_norm
         self.norm_type = base.norm_type
@@ -335,11 +340,11 @@ def inject_lora(model: nn.Module, config) -> list:
     for name in names:
         # B @ A cannot have a rank above the layer's smaller side: a larger r only adds parameters
         # (and an untrusted config.json could ask for gigabytes of them).
-        smaller = min(model.get_submodule(name).weight.shape)
+        smaller = min(weight_shape(model.get_submodule(name).weight))
         if config.r > smaller:
             raise ValueError(
                 f"`r`={config.r} exceeds the smaller dimension ({smaller}) of target module {name!r} "
-                f"{tuple(model.get_submodule(name).weight.shape)}; allowed is 1 <= r <= {smaller}."
+                f"{tuple(weight_shape(model.get_submodule(name).weight))}; allowed is 1 <= r <= {smaller}."
             )
     for name in names:
         parent_name, _, child_name = name.rpartition(".")

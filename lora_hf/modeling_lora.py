@@ -3,6 +3,7 @@
 # torch, transformers, safetensors and its sibling modules.
 """LoRA models: `PreTrainedModel`s that wrap a `transformers` backbone with LoRA layers."""
 
+import contextlib
 import copy
 import hashlib
 import os
@@ -29,7 +30,7 @@ from transformers.pytorch_utils import Conv1D
 from transformers.utils import logging
 
 from .configuration_lora import GROUPS, PHASES, LoraConfig, check_group
-from .lora_layers import LoraEmbedding, LoraLinear, inject_lora, lora_layers, unload_lora
+from .lora_layers import LoraEmbedding, LoraLinear, inject_lora, lora_layers, unload_lora, weight_shape
 
 logger = logging.get_logger(__name__)
 
@@ -69,6 +70,9 @@ class LoraPreTrainedModel(PreTrainedModel):
     _supports_flash_attn = True
     _supports_flex_attn = True
     backbone_auto_class = AutoModel
+    # The Trainer passes `num_items_in_batch` to `forward` and scales the loss by the process count (see forward).
+    accepts_loss_kwargs = True
+    _loss_shifts_labels = False
 
     def __init__(self, config: LoraConfig, backbone: PreTrainedModel | None = None):
         super().__init__(config)
@@ -123,7 +127,15 @@ class LoraPreTrainedModel(PreTrainedModel):
         return_dict=None,
         **kwargs,
     ):
-        """Runs the backbone; returns its own `ModelOutput` (with `loss` when labels are given)."""
+        """Runs the backbone; returns its own `ModelOutput` (with `loss` when labels are given).
+
+        `num_items_in_batch` (passed by the `Trainer`: the label count of the whole step, over every process
+        and accumulated micro-batch) turns the backbone's mean loss into this micro-batch's share of the step's
+        sum, which is what the Trainer expects from models that take it: it multiplies the loss by the number
+        of processes, and DDP averages gradients. Two processes then train exactly as one with the same global
+        batch, whatever the backbone's loss does with `num_items_in_batch` (BERT's ignores it).
+        """
+        num_items_in_batch = kwargs.pop("num_items_in_batch", None)
         inputs = {
             "input_ids": input_ids,
             "attention_mask": attention_mask,
@@ -139,11 +151,16 @@ class LoraPreTrainedModel(PreTrainedModel):
             **kwargs,
         }
         # Pass only what was given: backbones differ in the arguments they accept (DistilBERT has no token types).
-        return self.backbone(**{k: v for k, v in inputs.items() if v is not None})
+        outputs = self.backbone(**{k: v for k, v in inputs.items() if v is not None})
+        if num_items_in_batch is not None and labels is not None and getattr(outputs, "loss", None) is not None:
+            # Counted as the Trainer counts: labels other than -100, shifted by one for causal LMs.
+            counted = labels[..., 1:] if self._loss_shifts_labels else labels
+            outputs.loss = outputs.loss * (counted.ne(-100).sum() / num_items_in_batch)
+        return outputs
 
     # ----- parameter groups and phases ---------------------------------------------------
     def _group_members(self, group: str) -> set:
-        names = [name for name, _ in self.named_parameters()]
+        names = [_unwrapped_name(name) for name, _ in self.named_parameters()]
         if group == "all":
             return set(names)
         if group.startswith("re:"):
@@ -162,8 +179,9 @@ class LoraPreTrainedModel(PreTrainedModel):
         members = set()
         # Attention blocks by class name, as target_modules="auto" finds them: GPT-2's `attn` and Llama's
         # `self_attn` have no "attention" in their module names.
-        blocks = tuple(f"{n}." for n, m in self.named_modules() if "attention" in type(m).__name__.lower())
+        blocks = tuple(f"{_unwrapped_name(n)}." for n, m in self.named_modules() if "attention" in type(m).__name__.lower())
         for module_name, module in self.named_modules():
+            module_name = _unwrapped_name(module_name)
             if group == "embeddings":
                 hit = isinstance(module, (nn.Embedding, LoraEmbedding))
             elif group == "norm":
@@ -172,7 +190,7 @@ class LoraPreTrainedModel(PreTrainedModel):
                 inside = "attention" in module_name.lower() or module_name.startswith(blocks)
                 hit = inside and isinstance(module, (nn.Linear, Conv1D, LoraLinear))
             if hit:
-                members.update(f"{module_name}.{p}" for p, _ in module.named_parameters(recurse=group == "norm"))
+                members.update(_unwrapped_name(f"{module_name}.{p}") for p, _ in module.named_parameters(recurse=group == "norm"))
         return {n for n in members if n in set(names) and not n.endswith((".lora_A", ".lora_B"))}
 
     def phase_parameter_names(self, phase: str) -> set:
@@ -212,7 +230,7 @@ class LoraPreTrainedModel(PreTrainedModel):
                 f"{type(self).__name__}; name groups from {list(GROUPS)} that this model has."
             )
         for name, param in self.named_parameters():
-            param.requires_grad_(name in trainable)
+            param.requires_grad_(_unwrapped_name(name) in trainable)
         self.active_phase = phase
 
     def parameter_groups(self) -> dict:
@@ -226,9 +244,10 @@ class LoraPreTrainedModel(PreTrainedModel):
         """`(trainable, all)` parameter counts; tied weights are counted once."""
         trainable = total = 0
         for param in self.parameters():
-            total += param.numel()
+            numel = getattr(param, "ds_numel", param.numel())  # ZeRO-3 keeps a slice of each weight per rank
+            total += numel
             if param.requires_grad:
-                trainable += param.numel()
+                trainable += numel
         return trainable, total
 
     def print_trainable_parameters(self) -> None:
@@ -288,7 +307,7 @@ class LoraPreTrainedModel(PreTrainedModel):
         names = self.new_parameter_names()
         for group in self.config.trained_groups + list(self.config.phase_trainable.get(self.active_phase, [])):
             names |= self._group_members(group)
-        names |= {n for n, p in self.named_parameters() if p.requires_grad}
+        names |= {_unwrapped_name(n) for n, p in self.named_parameters() if p.requires_grad}
         return sorted(names)
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
@@ -326,36 +345,43 @@ class LoraPreTrainedModel(PreTrainedModel):
         """
         if not safe_serialization:
             raise ValueError("`safe_serialization=False`: lora_hf writes safetensors only.")
-        if not is_main_process:
-            return
         if self.active_phase is not None:
             self._record_trained(self.active_phase)
         if os.path.isfile(save_directory):
             raise ValueError(f"`save_directory` {str(save_directory)!r} is a file; pass a directory.")
-        os.makedirs(save_directory, exist_ok=True)
         full_state = state_dict if state_dict is not None else self.state_dict()
         if save_base:
             # named_parameters() lists a tied weight once: save it once, re-tied on load.
-            keep = {n for n, _ in self.named_parameters()} | {n for n, _ in self.named_buffers() if n in full_state}
+            keep = {_unwrapped_name(n) for n, _ in self.named_parameters()} | {n for n, _ in self.named_buffers() if n in full_state}
         else:
             keep = set(self.adapter_state_keys())
-        tensors = {k: v.detach().contiguous() for k, v in full_state.items() if k in keep}
+        # Sharded tensors (FSDP2's DTensors) are gathered here, on every rank in the same order: the
+        # collective needs them all, so call save_pretrained on every rank and let `is_main_process` pick the writer.
+        tensors = {k: _full_tensor(v).detach().contiguous() for k, v in sorted(full_state.items()) if k in keep}
+        if not is_main_process:
+            return
+        os.makedirs(save_directory, exist_ok=True)
         for name, layer in lora_layers(self):
             # A merged layer's weight holds W + scale * B @ A, and lora_A / lora_B are saved too: save W,
             # or the loaded (unmerged) model would add the update twice.
-            key = f"{name}.weight"
+            key = f"{_unwrapped_name(name)}.weight"
             if layer.merged and key in tensors and full_state[key].data_ptr() == layer.weight.data_ptr():
                 tensors[key] = (layer.weight.float() - layer._delta_fp32()).to(layer.weight.dtype).detach()
         metadata = {"format": "pt", "lora_hf_format": "full" if save_base else "adapter", "base_prefix": self._base_prefix()}
         files = [(WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata=metadata))]
         here = Path(__file__).parent
         files += [(name, lambda tmp, src=here / name: shutil.copyfile(src, tmp)) for name in CODE_FILES]
-        self.config.architectures = [type(self).__name__]
+        self.config.architectures = [self._model_class().__name__]
         self.config.auto_map = _auto_map()
         files.append((CONFIG_NAME, lambda tmp: self.config.to_json_file(tmp, use_diff=True)))
         _atomic_write_all(Path(save_directory), files)  # weights first, config last
         if push_to_hub:
             raise ValueError("`push_to_hub=True` in `save_pretrained`: call `model.push_to_hub(repo_id)` instead.")
+
+    def _model_class(self) -> type:
+        """This model's lora_hf class: FSDP2's `fully_shard` swaps in a subclass `FSDP<Class>` of `(FSDPModule, Class)`,
+        which must not reach `config.architectures` (loading would read it as another head)."""
+        return next(c for c in type(self).__mro__ if "FSDPModule" not in {base.__name__ for base in c.__mro__})
 
     # ----- load --------------------------------------------------------------------------
     @classmethod
@@ -409,7 +435,8 @@ class LoraPreTrainedModel(PreTrainedModel):
         )
         model = cls(config, backbone=backbone)
         model._set_newly_initialized(info)
-        config.base_fingerprint = model.base_fingerprint()
+        with _zero3_gathered([layer.weight for _, layer in lora_layers(model.backbone)]):
+            config.base_fingerprint = model.base_fingerprint()
         return model
 
     def _set_newly_initialized(self, loading_info: dict) -> None:
@@ -424,7 +451,15 @@ class LoraPreTrainedModel(PreTrainedModel):
         from .lora_layers import find_target_modules
 
         with torch.device("meta"):
-            skeleton = cls.backbone_auto_class.from_config(config.backbone_config)
+            # The model class itself, not `from_config`: under DeepSpeed ZeRO-3 that partitions weights with
+            # `zero.Init`, which cannot copy meta tensors.
+            model_class = cls.backbone_auto_class._model_mapping.get(type(config.backbone_config), None)
+            if isinstance(model_class, (list, tuple)):
+                model_class = model_class[0]
+            if model_class is None:  # a config class registered otherwise (remote code)
+                skeleton = cls.backbone_auto_class.from_config(config.backbone_config)
+            else:
+                skeleton = model_class(config.backbone_config)
         find_target_modules(skeleton, config.target_modules)
 
     def base_fingerprint(self) -> str:
@@ -535,10 +570,12 @@ class LoraPreTrainedModel(PreTrainedModel):
         if base_model_name_or_path:
             config.base_model_name_or_path = str(base_model_name_or_path)
         expected = config.base_fingerprint
-        if expected and not ignore_base_mismatch and model.base_fingerprint() != expected:
+        with _zero3_gathered([layer.weight for _, layer in lora_layers(model.backbone)]):
+            fingerprint = model.base_fingerprint()
+        if expected and not ignore_base_mismatch and fingerprint != expected:
             raise ValueError(
                 f"The base model {base!r} is not the one these adapters were trained on (fingerprint "
-                f"{model.base_fingerprint()} != saved {expected}). Load the right base, or pass "
+                f"{fingerprint} != saved {expected}). Load the right base, or pass "
                 "`ignore_base_mismatch=True` to load anyway."
             )
         model._load_saved_tensors(state, metadata, strict_full=False)
@@ -550,7 +587,8 @@ class LoraPreTrainedModel(PreTrainedModel):
         # A file rewritten by another tool loses its metadata: read its keys as this class's own.
         saved_prefix = metadata.get("base_prefix", own_prefix)
         own = self.state_dict(keep_vars=True)
-        head_switch = (self.config.architectures or [type(self).__name__]) != [type(self).__name__]
+        own_class = self._model_class().__name__
+        head_switch = (self.config.architectures or [own_class]) != [own_class]
 
         def split(key, prefix):
             rest = key[len("backbone.") :] if key.startswith("backbone.") else key
@@ -568,8 +606,8 @@ class LoraPreTrainedModel(PreTrainedModel):
             if target is None or (canonical[0] == "head" and head_switch):
                 (dropped if canonical[0] == "head" and head_switch else unexpected).append(key)
                 continue
-            if tuple(own[target].shape) != tuple(tensor.shape):
-                mismatched.append(f"{key}: saved {tuple(tensor.shape)}, model {tuple(own[target].shape)}")
+            if tuple(weight_shape(own[target])) != tuple(tensor.shape):
+                mismatched.append(f"{key}: saved {tuple(tensor.shape)}, model {tuple(weight_shape(own[target]))}")
                 continue
             if own[target].is_floating_point() != tensor.is_floating_point():
                 mismatched.append(f"{key}: saved dtype {tensor.dtype}, model {own[target].dtype}")
@@ -616,16 +654,16 @@ class LoraPreTrainedModel(PreTrainedModel):
                 f"The checkpoint lacks tensors {type(self).__name__} needs: {missing[:8]}{' ...' if len(missing) > 8 else ''}. "
                 "It was saved from another configuration (r, target_modules or trained groups differ)."
             )
-        with torch.no_grad():
-            for key, value in state.items():
-                if key not in dropped:
-                    own[own_by_canonical[split(key, saved_prefix)]].copy_(value)
+        targets = {key: own[own_by_canonical[split(key, saved_prefix)]] for key in state if key not in dropped}
+        with torch.no_grad(), _zero3_gathered(list(targets.values()), modified=True):
+            for key, target in targets.items():
+                target.copy_(state[key])
         if dropped or fresh:
             logger.warning(
                 f"Dropped the saved {self.config.architectures[0]} head ({len(dropped)} tensors); newly initialised "
                 f"in {type(self).__name__}, to be trained: {fresh}."
             )
-        self.config.architectures = [type(self).__name__]
+        self.config.architectures = [own_class]
         # Re-apply the phase: loading replaced no Parameter, but keep requires_grad explicit.
         self._apply_phase(self.active_phase)
 
@@ -736,6 +774,7 @@ class LoraForCausalLM(LoraPreTrainedModel, GenerationMixin):
     """
 
     backbone_auto_class = AutoModelForCausalLM
+    _loss_shifts_labels = True  # token t predicts t + 1: the Trainer counts `labels[..., 1:]`
 
     def __init__(self, config: LoraConfig, backbone: PreTrainedModel | None = None):
         super().__init__(config, backbone=backbone)
@@ -755,6 +794,47 @@ _AUTO_CLASSES = {
     "AutoModelForTokenClassification": "LoraForTokenClassification",
     "AutoModelForQuestionAnswering": "LoraForQuestionAnswering",
 }
+
+
+# Wrappers that put themselves into parameter names (FSDP1 units, activation checkpointing). Their state
+# dicts leave them out, and so do the names lora_hf groups, saves and loads.
+_WRAPPER_NAMES = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.")
+
+
+def _unwrapped_name(name: str) -> str:
+    for wrapper in _WRAPPER_NAMES:
+        name = name.replace(wrapper, "")
+    return name
+
+
+def _full_tensor(tensor: torch.Tensor) -> torch.Tensor:
+    """The whole tensor behind a shard, a collective every rank calls: a DTensor (FSDP2) on every rank, an FSDP1
+    `ShardedTensor` on rank 0 (the others get an empty tensor: they do not write). Other tensors as they are."""
+    if hasattr(tensor, "full_tensor") and hasattr(tensor, "device_mesh"):
+        return tensor.full_tensor()
+    if type(tensor).__name__ == "ShardedTensor":
+        shards = tensor.local_shards()
+        device = shards[0].tensor.device if shards else torch.device("cpu")
+        on_zero = torch.distributed.get_rank() == 0
+        full = torch.empty(tensor.size(), dtype=tensor.dtype, device=device) if on_zero else None
+        tensor.gather(dst=0, out=full)
+        return full if on_zero else torch.empty(0)
+    return tensor
+
+
+@contextlib.contextmanager
+def _zero3_gathered(tensors: list, modified: bool = False):
+    """Whole weights inside the block under DeepSpeed ZeRO-3 (which keeps a slice of each per rank), partitioned
+    again after it, from the values written in it when `modified`. A collective: every rank runs it, and every rank
+    writes the same values. Without ZeRO-3, nothing happens."""
+    partitioned = [t for t in dict.fromkeys(tensors) if hasattr(t, "ds_id")]
+    if partitioned:
+        partitioned[0].all_gather(param_list=partitioned)
+    try:
+        yield
+    finally:
+        if partitioned:
+            partitioned[0].partition(param_list=partitioned, has_been_updated=modified)
 
 
 def _auto_map() -> dict:

@@ -38,6 +38,7 @@ from transformers import (
     DataCollatorWithPadding,
     HfArgumentParser,
     Trainer,
+    TrainerCallback,
     TrainingArguments,
     set_seed,
 )
@@ -279,20 +280,35 @@ def _align_token_labels(batch, tokenizer, data_args, label_to_id, has_labels):
     return enc
 
 
-class _ContentSeededMLMCollator(DataCollatorForLanguageModeling):
-    """Masks each batch with a generator seeded from the run's seed and the batch's token ids.
+class _ContentSeededMLMCollator(DataCollatorForLanguageModeling, TrainerCallback):
+    """Masks each text with a generator seeded from the run's seed, the epoch and the text's own token ids.
 
     The Trainer collates the first batch after `--resume_from_checkpoint` before it restores the RNG
     state, so masking drawn from the global RNG would make a resumed run drift from an uninterrupted
-    one. Content-seeded masks do not depend on RNG state; batches differ every epoch, so masks do too.
+    one. Content-seeded masks do not depend on RNG state. Seeded per text (padding left out), a text is
+    masked the same way whatever batch it lands in: two processes with 4 rows a step mask as one process
+    with 8 rows does. The epoch (set as a callback) gives each epoch new masks.
     """
 
     mask_seed = 0
+    epoch = 0
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self.epoch = math.floor(state.epoch + 1e-9)  # a resumed run restarts mid-epoch: 1.5 -> 1
 
     def torch_mask_tokens(self, inputs, special_tokens_mask=None, offset_mapping=None):
-        digest = hashlib.sha256(self.mask_seed.to_bytes(8, "little", signed=True) + inputs.numpy().tobytes()).digest()
-        self.generator = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little"))
-        return super().torch_mask_tokens(inputs, special_tokens_mask, offset_mapping)
+        labels = torch.full_like(inputs, -100)
+        key = self.mask_seed.to_bytes(8, "little", signed=True) + self.epoch.to_bytes(4, "little")
+        for i, row in enumerate(inputs):
+            keep = row != self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else torch.ones_like(row, dtype=torch.bool)
+            text = row[keep]
+            digest = hashlib.sha256(key + text.numpy().tobytes()).digest()
+            self.generator = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little"))
+            special = None if special_tokens_mask is None else special_tokens_mask[i][keep][None]
+            offsets = None if offset_mapping is None else offset_mapping[i][keep][None]
+            masked, row_labels = super().torch_mask_tokens(text[None].clone(), special, offsets)
+            inputs[i, keep], labels[i, keep] = masked[0], row_labels[0]
+        return inputs, labels
 
 
 # ----- metrics --------------------------------------------------------------------------------
@@ -876,6 +892,7 @@ def _train_phase(model, args, train, evals, test, collator, tokenizer, phase_dir
     trainer = _Trainer(
         model=model, args=args, train_dataset=train, eval_dataset=evals, data_collator=collator,
         processing_class=tokenizer, compute_metrics=compute_metrics,
+        callbacks=[collator] if isinstance(collator, TrainerCallback) else None,
     )
     started = time.perf_counter()
     resume = _resume_point(top_args, phase_dir)
@@ -902,9 +919,11 @@ def _train_phase(model, args, train, evals, test, collator, tokenizer, phase_dir
         predictions = _prediction_lines(output, predict["task"], predict["labels"])
     trainable, total = _count_params(model)
     done = {"metrics": metrics, "log_history": trainer.state.log_history, "trainable_params": trainable, "total_params": total}
+    with _write_errors(f"the {phase_dir.name} model to {str(phase_dir)!r}"):
+        # On every rank: FSDP and ZeRO-3 gather the sharded weights with collectives; the main process writes.
+        trainer.save_model(str(phase_dir))
     if trainer.is_world_process_zero():
         with _write_errors(f"the {phase_dir.name} model to {str(phase_dir)!r}"):
-            trainer.save_model(str(phase_dir))
             trainer.save_state()
             trainer.save_metrics("all", metrics, combined=False)
             plot_loss_curves({phase_dir.name: trainer.state.log_history}, phase_dir / "loss_curve.png")
@@ -943,6 +962,24 @@ class _Trainer(Trainer):
             groups += [{**group, "params": pretrained, "lr": rate}] if pretrained else []
         optimizer.param_groups[:] = groups
         return optimizer
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        model = self.accelerator.unwrap_model(self.model)
+        if not (isinstance(model, LoraPreTrainedModel) and any(hasattr(p, "ds_id") for p in model.parameters())):
+            return super().save_model(output_dir, _internal_call)
+        # DeepSpeed ZeRO-3 keeps a slice of each weight per rank. Gather only what an adapter save holds, on every
+        # rank: the Trainer's own path needs `stage3_gather_16bit_weights_on_model_save` and the whole model on
+        # one rank, and without it writes no weights at all.
+        import deepspeed
+
+        names = set(model.adapter_state_keys())
+        params = {n: p for n, p in model.named_parameters() if n in names}
+        with deepspeed.zero.GatheredParameters(list(params.values())):
+            state = {n: p.detach().clone() for n, p in params.items()}
+        output_dir = output_dir or self.args.output_dir
+        model.save_pretrained(output_dir, state_dict=state, is_main_process=self.args.should_save)
+        if self.args.should_save and self.processing_class is not None:
+            self.processing_class.save_pretrained(output_dir)
 
     def _save_checkpoint(self, model, trial) -> None:
         with _write_errors(f"checkpoint-{self.state.global_step} in {self.args.output_dir!r}"):

@@ -1,4 +1,4 @@
-"""Two-phase training with the HF Trainer, on tiny models: phases, heads, resume, DDP, bad data."""
+"""Two-phase training with the HF Trainer, on tiny models: phases, heads, resume, bad data (multi-process runs: test_distributed.py)."""
 
 import json
 import re
@@ -204,20 +204,6 @@ def test_resume_after_sigkill_in_phase_two_matches_an_uninterrupted_run(bert_dir
     assert a.keys() == b.keys()
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6)
-
-
-def test_ddp_with_two_cpu_processes(bert_dir, csv_data, tmp_path):
-    out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", str(REPO / "scripts" / "run_two_phase.py"),
-           "--model_name_or_path", bert_dir, *data_flags(csv_data), "--output_dir", str(out),
-           "--pretrain_max_steps", "2", "--max_steps", "2", *FAST]
-    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    state = json.loads((out / "finetune" / "trainer_state.json").read_text())
-    assert state["global_step"] == 2
-    assert json.loads((out / "run_record.json").read_text())["finetune"]["test_accuracy"] >= 0
 
 
 def test_flags_from_a_yaml_file_and_a_datasets_directory(bert_dir, csv_data, tmp_path):
