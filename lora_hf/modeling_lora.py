@@ -56,6 +56,8 @@ _CONFIG_OVERRIDES = ("num_labels", "id2label", "label2id", "problem_type")
 # to the Hub, what does not apply to safetensors-only LoRA checkpoints, and what cannot apply here (and why).
 _BACKBONE_LOAD_KWARGS = ("attn_implementation", "experts_implementation", "low_cpu_mem_usage", "max_memory", "offload_folder",
                          "offload_buffers", "disable_mmap")
+# from_base_model passes these to the base's from_pretrained.
+_BASE_LOAD_KWARGS = _BACKBONE_LOAD_KWARGS + ("dtype", "torch_dtype", "device_map", "ignore_mismatched_sizes")
 _HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder", "proxies")
 _IGNORED_LOAD_KWARGS = ("trust_remote_code", "_from_auto", "_from_pipeline", "code_revision", "weights_only", "tqdm_class",
                         "adapter_name", "adapter_kwargs", "_commit_hash")
@@ -474,7 +476,7 @@ class LoraPreTrainedModel(PreTrainedModel):
         from transformers import AutoConfig
 
         hub_kwargs = {k: backbone_kwargs.pop(k) for k in _HUB_KWARGS if k in backbone_kwargs}
-        load_kwargs = {k: backbone_kwargs.pop(k) for k in _BACKBONE_LOAD_KWARGS if k in backbone_kwargs}
+        load_kwargs = {k: backbone_kwargs.pop(k) for k in _BASE_LOAD_KWARGS if k in backbone_kwargs}
         backbone_config, unused = AutoConfig.from_pretrained(
             base_model_name_or_path, return_unused_kwargs=True, **hub_kwargs, **backbone_kwargs
         )
@@ -802,8 +804,8 @@ class LoraPreTrainedModel(PreTrainedModel):
                 (dropped if canonical[0] == "head" and head_switch else unexpected).append(key)
                 continue
             shape = tuple(own[target].shape)
-            if key in new_rows:
-                shape = (shape[0] - new_rows[key],) + shape[1:]
+            if key in new_rows:  # the rows past the base's vocabulary only
+                shape = (min(new_rows[key], shape[0]),) + shape[1:]
             if shape != tuple(tensor.shape) or own[target].is_floating_point() != tensor.is_floating_point():
                 if ignore_mismatched_sizes and own[target].is_floating_point() == tensor.is_floating_point():
                     reinit.append((key, target, tuple(tensor.shape), shape))
@@ -1001,12 +1003,32 @@ class LoraForQuestionAnswering(LoraPreTrainedModel):
 
     backbone_auto_class = AutoModelForQuestionAnswering
 
-    def forward(self, input_ids=None, attention_mask=None, start_positions=None, end_positions=None, **kwargs):
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
+        inputs_embeds=None,
+        start_positions=None,
+        end_positions=None,
+        output_attentions=None,
+        output_hidden_states=None,
+        return_dict=None,
+        **kwargs,
+    ):
+        """Runs the backbone; `start_positions` / `end_positions` are the labels (the loss comes with them)."""
         return super().forward(
             input_ids=input_ids,
             attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
             start_positions=start_positions,
             end_positions=end_positions,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=return_dict,
             **kwargs,
         )
 
