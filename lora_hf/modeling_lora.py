@@ -1215,13 +1215,13 @@ def _place(model: nn.Module, device_map, max_memory) -> None:
     if isinstance(device_map, dict) and len({str(d) for d in device_map.values()}) == 1:
         model.to(next(iter(device_map.values())))
         return
-    from accelerate import dispatch_model, infer_auto_device_map
+    from transformers.integrations.accelerate import accelerate_dispatch, infer_auto_device_map  # accelerate underneath
 
     if isinstance(device_map, str):
-        device_map = infer_auto_device_map(model, max_memory=max_memory, no_split_module_classes=sorted(model._no_split_modules))
+        device_map = infer_auto_device_map(model, max_memory=max_memory, no_split_module_classes=set(model._no_split_modules))
     if "disk" in set(map(str, device_map.values())):
         raise ValueError("`device_map` offloads to disk: save the adapter-only layout, whose base loads with any device_map.")
-    dispatch_model(model, device_map=device_map)
+    accelerate_dispatch(model, None, device_map, None, None, False)
 
 
 def _new_rows(metadata: dict) -> dict:

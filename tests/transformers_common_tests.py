@@ -16,6 +16,7 @@ test_generation.py), and every test that `test_modeling_common.py` itself define
 
 import importlib
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -76,9 +77,10 @@ def package_dir(version: str = transformers.__version__) -> Path:
     for name, text in _STUBS.items():
         (staging / PACKAGE / name).parent.mkdir(parents=True, exist_ok=True)
         (staging / PACKAGE / name).write_text(text)
-    if target.exists():  # another process unpacked it meanwhile
-        return target
-    os.replace(staging, target)
+    try:
+        os.replace(staging, target)
+    except OSError:  # another process unpacked it meanwhile
+        shutil.rmtree(staging, ignore_errors=True)
     return target
 
 
