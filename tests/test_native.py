@@ -7,7 +7,6 @@ PEFT export/import.
 """
 
 import copy
-import json
 import logging as std_logging
 
 import pytest
@@ -16,7 +15,6 @@ from safetensors import safe_open
 from transformers import (
     AutoModelForCausalLM,
     AutoModelForSequenceClassification,
-    BertConfig,
     GenerationConfig,
 )
 from transformers.testing_utils import CaptureLogger
