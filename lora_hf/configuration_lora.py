@@ -17,6 +17,11 @@ PHASES = ("pretrain", "finetune")
 GROUPS = ("lora", "embeddings", "head", "attention", "norm", "bias", "all")
 INIT_CHOICES = ("kaiming", "gaussian")
 DEFAULT_PHASE_TRAINABLE = {"pretrain": ["lora", "embeddings"], "finetune": ["lora", "head"]}
+# Fields every config has that the backbone reads from its own config: set on a LoraConfig, they are set on the
+# backbone's config too, so the two never disagree (`config.output_hidden_states = True` reaches the model).
+SHARED_FIELDS = ("id2label", "label2id", "problem_type", "output_hidden_states", "output_attentions", "return_dict",
+                 "chunk_size_feed_forward")
+_LABEL_FIELDS = ("id2label", "label2id", "problem_type")
 
 
 class LoraConfig(PretrainedConfig):
@@ -37,11 +42,17 @@ class LoraConfig(PretrainedConfig):
         phase_trainable (`dict[str, list[str]]`): phase (`pretrain`, `finetune`) -> groups it trains, from
             `lora`, `embeddings`, `head`, `attention`, `norm`, `bias`, `all` or `re:<regex on parameter names>`.
 
+    The backbone's text-config attributes read through: `config.hidden_size`, `config.vocab_size`,
+    `config.num_attention_heads`, ... are the backbone config's (and setting one sets it there). Label fields
+    (`num_labels`, `id2label`, `label2id`, `problem_type`) and the output flags (`output_hidden_states`,
+    `output_attentions`, `return_dict`, `chunk_size_feed_forward`) given to `LoraConfig` are set on the
+    backbone config too; when none is given, they are the backbone's.
+
     Example:
         >>> from transformers import BertConfig
-        >>> config = LoraConfig(backbone_config=BertConfig(), r=16, target_modules=["query", "value"])
-        >>> config.scaling
-        1.0
+        >>> config = LoraConfig(backbone_config=BertConfig(), r=16, target_modules=["query", "value"], num_labels=3)
+        >>> config.scaling, config.hidden_size, config.backbone_config.num_labels
+        (1.0, 768, 3)
     """
 
     model_type = "lora"
@@ -60,12 +71,16 @@ class LoraConfig(PretrainedConfig):
     # fingerprint of the base weights the adapters were trained on.
     trained_groups: list[str] | None = None
     base_fingerprint: str | None = None
+    # Set by `resize_token_embeddings`: the base checkpoint's vocabulary size (adapter saves hold the rows past it).
+    base_vocab_size: int | None = None
 
     def __post_init__(self, **kwargs):
         # config.json is untrusted input: every malformed value becomes a ValueError that names the
         # field, never a TypeError/KeyError/AttributeError from deep inside transformers.
         self.backbone_config = _backbone_from_dict(self.backbone_config)
         _check_labels(self.id2label, kwargs.get("num_labels"))
+        labels_given = self.id2label is not None or kwargs.get("num_labels") is not None or self.problem_type is not None
+        flags_given = {name for name in SHARED_FIELDS[3:] if name in kwargs or self.__dict__.get(name, _FLAG_DEFAULTS[name]) != _FLAG_DEFAULTS[name]}
         try:
             super().__post_init__(**kwargs)
         except ValueError:
@@ -81,6 +96,47 @@ class LoraConfig(PretrainedConfig):
         if self.trained_groups is None:
             self.trained_groups = []
         self.validate_lora()
+        if isinstance(self.backbone_config, PretrainedConfig):
+            backbone = self.backbone_config
+            for name in SHARED_FIELDS:
+                push = labels_given if name in _LABEL_FIELDS else name in flags_given
+                if push:
+                    setattr(backbone, name, getattr(self, name))
+                else:
+                    object.__setattr__(self, name if name != "output_attentions" else "_output_attentions", getattr(backbone, name))
+        object.__setattr__(self, "_lora_ready", True)
+
+    # ----- the backbone's attributes, read and written through --------------------------------
+    def __getattr__(self, name: str):
+        # Called only for names a LoraConfig does not have itself: `hidden_size`, `vocab_size`, ...
+        state = self.__dict__
+        backbone = state.get("backbone_config")
+        if name.startswith("_") or not state.get("_lora_ready") or not isinstance(backbone, PretrainedConfig):
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        for owner in (backbone.get_text_config(), backbone):
+            try:
+                return getattr(owner, name)
+            except AttributeError:
+                continue
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r} (nor has its backbone_config)")
+
+    def __setattr__(self, key, value):
+        state = self.__dict__
+        backbone = state.get("backbone_config")
+        if not state.get("_lora_ready") or key.startswith("_") or not isinstance(backbone, PretrainedConfig):
+            return super().__setattr__(key, value)
+        if key in SHARED_FIELDS:
+            super().__setattr__(key, value)
+            setattr(backbone, key, value)
+            return
+        own = key in self.__dataclass_fields__ or hasattr(type(self), key) or key in state
+        if not own:
+            text = backbone.get_text_config()
+            for owner in (text, backbone):
+                if hasattr(owner, key):
+                    setattr(owner, key, value)
+                    return
+        super().__setattr__(key, value)
 
     @property
     def scaling(self) -> float:
@@ -111,6 +167,9 @@ class LoraConfig(PretrainedConfig):
         architectures = self.architectures
         if architectures is not None and not (isinstance(architectures, list) and all(isinstance(a, str) for a in architectures)):
             raise ValueError(f"`architectures` must be a list of model class names, got {_short(architectures)}.")
+        vocab = self.base_vocab_size
+        if vocab is not None and (isinstance(vocab, bool) or not isinstance(vocab, int) or vocab < 1):
+            raise ValueError(f"`base_vocab_size` must be a positive integer or null, got {vocab!r}.")
         for name in ("base_model_name_or_path", "base_fingerprint"):
             if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
                 raise ValueError(f"`{name}` must be a string or null, got {getattr(self, name)!r}.")
@@ -175,6 +234,9 @@ class LoraConfig(PretrainedConfig):
         output = super().to_dict()
         output.pop("scaling", None)
         return output
+
+
+_FLAG_DEFAULTS = {"output_hidden_states": False, "output_attentions": False, "return_dict": True, "chunk_size_feed_forward": 0}
 
 
 def _backbone_from_dict(backbone: Any) -> Any:

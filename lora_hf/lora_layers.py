@@ -52,8 +52,9 @@ class _LoraLayer(nn.Module):
         self.weight = base.weight
         if "bias" in base._parameters:
             self.bias = base.bias
-        # The adapters are initialised here; tell transformers' initialiser to leave them alone.
-        self._is_hf_initialized = True
+        # The adapters are initialised here; tell transformers' initialiser to leave them alone, unless they are
+        # on the meta device (`model.init_weights()` initialises them once the model has real storage).
+        self._is_hf_initialized = base.weight.device.type != "meta"
 
     def delta_weight(self) -> torch.Tensor:
         """`scale * B @ A`, laid out like `self.weight` and in its dtype (computed in fp32)."""
@@ -250,8 +251,14 @@ class LoraEmbedding(_LoraLayer):
         self.sparse = base.sparse
         self._setup(base, r, lora_alpha, lora_dropout, use_rslora)
         factory = {"device": self.weight.device, "dtype": self.weight.dtype}
-        self.lora_A = nn.Parameter(torch.zeros(r, self.num_embeddings, **factory))
+        self.lora_A = nn.Parameter(torch.empty(r, self.num_embeddings, **factory))
         self.lora_B = nn.Parameter(torch.empty(self.embedding_dim, r, **factory))
+        self.reset_lora_parameters(init_lora_weights)
+
+    @torch.no_grad()
+    def reset_lora_parameters(self, init_lora_weights: str = "kaiming") -> None:
+        # A starts at zero: the model equals its base at step 0.
+        nn.init.zeros_(self.lora_A)
         nn.init.normal_(self.lora_B)
 
     def _to_weight_layout(self, delta: torch.Tensor) -> torch.Tensor:

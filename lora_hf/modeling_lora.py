@@ -3,9 +3,11 @@
 # torch, transformers, safetensors and its sibling modules.
 """LoRA models: `PreTrainedModel`s that wrap a `transformers` backbone with LoRA layers."""
 
+import base64
 import contextlib
 import copy
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -30,7 +32,7 @@ from transformers.pytorch_utils import Conv1D
 from transformers.utils import logging
 
 from .configuration_lora import GROUPS, PHASES, LoraConfig, check_group
-from .lora_layers import LoraEmbedding, LoraLinear, inject_lora, lora_layers, unload_lora, weight_shape
+from .lora_layers import LoraEmbedding, LoraLinear, _LoraLayer, inject_lora, lora_layers, unload_lora, weight_shape
 
 logger = logging.get_logger(__name__)
 
@@ -49,9 +51,36 @@ WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 # The modules saved beside config.json for `trust_remote_code`.
 CODE_FILES = ("configuration_lora.py", "lora_layers.py", "modeling_lora.py")
+GENERATION_CONFIG_NAME = "generation_config.json"
 _CONFIG_OVERRIDES = ("num_labels", "id2label", "label2id", "problem_type")
-_BACKBONE_LOAD_KWARGS = ("dtype", "torch_dtype", "attn_implementation", "device_map", "low_cpu_mem_usage")
-_HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder")
+# from_pretrained's arguments, as PreTrainedModel.from_pretrained documents them: what goes to the base's load,
+# to the Hub, what does not apply to safetensors-only LoRA checkpoints, and what cannot apply here (and why).
+_BACKBONE_LOAD_KWARGS = ("attn_implementation", "experts_implementation", "low_cpu_mem_usage", "max_memory", "offload_folder",
+                         "offload_buffers", "disable_mmap")
+# from_base_model passes these to the base's from_pretrained.
+_BASE_LOAD_KWARGS = _BACKBONE_LOAD_KWARGS + ("dtype", "torch_dtype", "device_map", "ignore_mismatched_sizes")
+_HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder", "proxies")
+_IGNORED_LOAD_KWARGS = ("trust_remote_code", "_from_auto", "_from_pipeline", "code_revision", "weights_only", "tqdm_class",
+                        "adapter_name", "adapter_kwargs", "_commit_hash")
+_UNSUPPORTED_LOAD_KWARGS = {
+    "quantization_config": "LoRA layers here wrap nn.Linear/Conv1D weights; quantized bases are not supported.",
+    "gguf_file": "lora_hf reads safetensors only.",
+    "variant": "lora_hf writes one model.safetensors, without variants.",
+    "distributed_config": "load the model, then shard it with accelerate / the Trainer (FSDP, DeepSpeed).",
+    "tp_plan": "tensor parallelism is not supported for LoRA layers.",
+    "tp_size": "tensor parallelism is not supported for LoRA layers.",
+    "device_mesh": "tensor parallelism is not supported for LoRA layers.",
+    "use_kernels": "hub kernels would replace the layers LoRA wraps.",
+    "kernel_config": "hub kernels would replace the layers LoRA wraps.",
+    "key_mapping": "lora_hf checkpoints use the model's own keys.",
+    "fusion_config": "fused layers would replace the layers LoRA wraps.",
+}
+# Loading reports go to the logger transformers' own load reports use, so the same log settings apply to them.
+_LOAD_REPORT = logging.get_logger("transformers.modeling_utils")
+
+
+class CheckpointMismatchError(ValueError, RuntimeError):
+    """Saved tensors do not fit the model (transformers raises RuntimeError for size mismatches; lora_hf always raised ValueError)."""
 
 
 class LoraPreTrainedModel(PreTrainedModel):
@@ -63,7 +92,8 @@ class LoraPreTrainedModel(PreTrainedModel):
     """
 
     config_class = LoraConfig
-    base_model_prefix = "lora"
+    # `model.base_model` is the backbone, as it is a transformers head model's body.
+    base_model_prefix = "backbone"
     main_input_name = "input_ids"
     supports_gradient_checkpointing = True
     _supports_sdpa = True
@@ -89,13 +119,25 @@ class LoraPreTrainedModel(PreTrainedModel):
         # Ready to fine-tune out of the box (adapters + head), as PEFT's task models are.
         self._apply_phase("finetune" if "finetune" in config.phase_trainable else next(iter(config.phase_trainable)))
 
-    def init_weights(self):
-        # The backbone initialised (or loaded) its own weights and the LoRA layers initialise
-        # themselves; running the initialiser again would overwrite pretrained weights.
-        self.tie_weights(recompute_mapping=False)
+    @torch.no_grad()
+    def initialize_weights(self):
+        """transformers' initialisation, which skips what is already initialised (loaded or built off the meta device).
+
+        LoRA layers sit inside the backbone, where transformers dispatches the backbone's own `_init_weights`,
+        which does not know them: a LoRA layer built on the meta device is initialised here, its base weight by
+        the backbone's initialiser (applied to the layer it wraps) and its adapters by `init_lora_weights`.
+        """
+        for _, layer in lora_layers(self.backbone):
+            if not getattr(layer, "_is_hf_initialized", False):
+                self.backbone._init_weights(layer.unload())
+                layer.reset_lora_parameters(self.config.init_lora_weights)
+                layer._is_hf_initialized = True
+        super().initialize_weights()
 
     def _init_weights(self, module):
-        pass
+        # Everything but this wrapper belongs to the backbone, whose own initialiser transformers dispatches to.
+        if module is not self:
+            self.backbone._init_weights(module)
 
     # ----- the backbone ------------------------------------------------------------------
     def get_input_embeddings(self) -> nn.Module:
@@ -106,6 +148,43 @@ class LoraPreTrainedModel(PreTrainedModel):
 
     def get_output_embeddings(self):
         return self.backbone.get_output_embeddings()
+
+    def set_output_embeddings(self, new_embeddings) -> None:
+        self.backbone.set_output_embeddings(new_embeddings)
+
+    def resize_token_embeddings(self, new_num_tokens=None, pad_to_multiple_of=None, mean_resizing: bool = True):
+        """transformers' `resize_token_embeddings` on the backbone (tied embeddings stay tied).
+
+        The added rows are saved with the adapters (only they: `base_vocab_size` records where the base
+        checkpoint's vocabulary ends); the resized tensors stay frozen unless the active phase trains them.
+        """
+        if any(isinstance(m, _LoraLayer) for m in (self.get_input_embeddings(), self.get_output_embeddings())):
+            raise ValueError(
+                "Cannot resize the token embeddings: a LoRA layer wraps them (`target_modules`). Resize the base model "
+                "before wrapping it, or leave the embeddings out of `target_modules`."
+            )
+        if self.config.base_vocab_size is None and self.config.base_model_name_or_path:
+            self.config.base_vocab_size = self.get_input_embeddings().weight.shape[0]
+        embeddings = self.backbone.resize_token_embeddings(new_num_tokens, pad_to_multiple_of, mean_resizing)
+        self.vocab_size = self.config.get_text_config().vocab_size  # as transformers' resize sets it
+        # Parameters the resize replaced come back trainable: the phase decides.
+        self._apply_phase(self.active_phase or ("finetune" if "finetune" in self.config.phase_trainable else next(iter(self.config.phase_trainable))))
+        return embeddings
+
+    def vocab_row_keys(self) -> list:
+        """Names of the tensors with one row per token: the input and output embeddings (tied ones once) and the output bias."""
+        modules = [m for m in (self.get_input_embeddings(), self.get_output_embeddings()) if m is not None]
+        ids = {id(p) for m in modules for p in m.parameters(recurse=False) if p is not None}
+        return sorted(n for n, p in self.named_parameters() if id(p) in ids)
+
+    def new_token_rows(self) -> dict:
+        """`{key: rows}`: the vocabulary tensors an adapter-only save holds only the added rows of (see `resize_token_embeddings`)."""
+        base_vocab = self.config.base_vocab_size
+        if base_vocab is None:
+            return {}
+        full = set(self.adapter_state_keys())
+        params = dict(self.named_parameters())
+        return {k: params[k].shape[0] - base_vocab for k in self.vocab_row_keys() if k not in full and params[k].shape[0] > base_vocab}
 
     def _base_prefix(self) -> str:
         """`bert` for a `BertForX` backbone; empty when the backbone is the bare base model."""
@@ -349,15 +428,23 @@ class LoraPreTrainedModel(PreTrainedModel):
             self._record_trained(self.active_phase)
         if os.path.isfile(save_directory):
             raise ValueError(f"`save_directory` {str(save_directory)!r} is a file; pass a directory.")
+        if not save_base and not self.config.base_model_name_or_path:
+            # Built from a config: there is no base checkpoint to rebuild from, so the directory carries it.
+            logger.warning(f"{type(self).__name__} has no `base_model_name_or_path` (built from a config): saving the base weights too (save_base=True).")
+            save_base = True
         full_state = state_dict if state_dict is not None else self.state_dict()
+        new_rows = {}
         if save_base:
             # named_parameters() lists a tied weight once: save it once, re-tied on load.
             keep = {_unwrapped_name(n) for n, _ in self.named_parameters()} | {n for n, _ in self.named_buffers() if n in full_state}
         else:
             keep = set(self.adapter_state_keys())
+            new_rows = {k: rows for k, rows in self.new_token_rows().items() if k in full_state}
         # Sharded tensors (FSDP2's DTensors) are gathered here, on every rank in the same order: the
         # collective needs them all, so call save_pretrained on every rank and let `is_main_process` pick the writer.
         tensors = {k: _full_tensor(v).detach().contiguous() for k, v in sorted(full_state.items()) if k in keep}
+        for key, rows in new_rows.items():  # tokens added to the base's vocabulary: their rows only
+            tensors[key] = tensors.get(key, _full_tensor(full_state[key]).detach())[-rows:].contiguous()
         if not is_main_process:
             return
         os.makedirs(save_directory, exist_ok=True)
@@ -367,12 +454,19 @@ class LoraPreTrainedModel(PreTrainedModel):
             key = f"{_unwrapped_name(name)}.weight"
             if layer.merged and key in tensors and full_state[key].data_ptr() == layer.weight.data_ptr():
                 tensors[key] = (layer.weight.float() - layer._delta_fp32()).to(layer.weight.dtype).detach()
-        metadata = {"format": "pt", "lora_hf_format": "full" if save_base else "adapter", "base_prefix": self._base_prefix()}
+        metadata = {"format": "pt", "lora_hf_format": "full" if save_base else "adapter", "base_prefix": self._base_prefix(),
+                    "architecture": self._model_class().__name__}
+        if new_rows:
+            metadata["lora_hf_new_rows"] = json.dumps(new_rows, sort_keys=True)
         files = [(WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata=metadata))]
         here = Path(__file__).parent
         files += [(name, lambda tmp, src=here / name: shutil.copyfile(src, tmp)) for name in CODE_FILES]
+        if self.can_generate() and self.generation_config is not None:
+            files.append((GENERATION_CONFIG_NAME, lambda tmp: self.generation_config.to_json_file(tmp, use_diff=True)))
         self.config.architectures = [self._model_class().__name__]
         self.config.auto_map = _auto_map()
+        if isinstance(self.dtype, torch.dtype):
+            self.config.dtype = self.dtype  # as transformers records it: `dtype="auto"` loads it back
         files.append((CONFIG_NAME, lambda tmp: self.config.to_json_file(tmp, use_diff=True)))
         _atomic_write_all(Path(save_directory), files)  # weights first, config last
         if push_to_hub:
@@ -408,7 +502,7 @@ class LoraPreTrainedModel(PreTrainedModel):
         from transformers import AutoConfig
 
         hub_kwargs = {k: backbone_kwargs.pop(k) for k in _HUB_KWARGS if k in backbone_kwargs}
-        load_kwargs = {k: backbone_kwargs.pop(k) for k in _BACKBONE_LOAD_KWARGS if k in backbone_kwargs}
+        load_kwargs = {k: backbone_kwargs.pop(k) for k in _BASE_LOAD_KWARGS if k in backbone_kwargs}
         backbone_config, unused = AutoConfig.from_pretrained(
             base_model_name_or_path, return_unused_kwargs=True, **hub_kwargs, **backbone_kwargs
         )
@@ -462,8 +556,59 @@ class LoraPreTrainedModel(PreTrainedModel):
                 skeleton = model_class(config.backbone_config)
         find_target_modules(skeleton, config.target_modules)
 
-    def base_fingerprint(self) -> str:
-        """A cheap hash of the base weights the adapters modify, to refuse loading them onto another base."""
+    def _fingerprint_samples(self):
+        """`(names digest, samples)`: the wrapped layers' names and shapes, and a strided sample of their base weights."""
+        digest = hashlib.sha256()
+        prefix = self._base_prefix()
+        layers = sorted(lora_layers(self.backbone))
+        per_layer = max(4, 256 // max(1, len(layers)))
+        samples = []
+        for name, layer in layers:
+            weight = layer.weight.detach()
+            if weight.device.type == "meta":
+                return None, None
+            if layer.merged:
+                weight = weight.float() - layer._delta_fp32()
+            flat = weight.reshape(-1)
+            samples.append(flat[:: max(1, flat.numel() // per_layer)][:per_layer].float().cpu())
+            if prefix and name.startswith(prefix + "."):
+                name = name[len(prefix) + 1 :]
+            digest.update(f"{name}:{tuple(weight.shape)};".encode())
+        return digest.hexdigest()[:16], torch.cat(samples) if samples else torch.zeros(0)
+
+    def base_fingerprint(self) -> str | None:
+        """Identifies the base weights the adapters modify, whatever dtype or device they are loaded in.
+
+        `v2:<digest of the wrapped layers' names and shapes>:<a strided sample of their weights, as bfloat16>`;
+        `_same_base` compares the samples to within bfloat16 rounding, so fp32, fp16 and bf16 loads of one base
+        match and another base (or a fine-tuned one) does not.
+        """
+        digest, samples = self._fingerprint_samples()
+        if digest is None:
+            return None
+        data = base64.b64encode(samples.to(torch.bfloat16).view(torch.int16).numpy().tobytes()).decode()
+        return f"v2:{digest}:{data}"
+
+    def _same_base(self, expected: str) -> bool:
+        """Whether the loaded base is the one `expected` (a saved `base_fingerprint`) was taken from."""
+        digest, samples = self._fingerprint_samples()
+        if digest is None:  # offloaded weights: nothing to compare
+            return True
+        if not expected.startswith("v2:"):
+            return self._fingerprint_v1() == expected  # saved by lora_hf 0.1.0: exact, fp32 only
+        try:
+            _, saved_digest, data = expected.split(":", 2)
+            raw = base64.b64decode(data.encode(), validate=True)
+            saved = torch.frombuffer(bytearray(raw), dtype=torch.int16).view(torch.bfloat16).float()
+        except (ValueError, RuntimeError):
+            raise ValueError(f"`base_fingerprint` in config.json is malformed: {_short_fingerprint(expected)!r}.") from None
+        if saved_digest != digest or saved.shape != samples.shape:
+            return False
+        # bfloat16 keeps 8 significant bits: a value rounded once (bf16) or twice (fp16, then bf16 here) is within 2**-8.
+        return bool(torch.all((samples - saved).abs() <= 2**-6 * saved.abs() + 1e-6))
+
+    def _fingerprint_v1(self) -> str:
+        """The fingerprint lora_hf 0.1.0 saved: a hash of rounded fp32 samples (changes with the load dtype)."""
         digest = hashlib.sha256()
         prefix = self._base_prefix()
         for name, layer in sorted(lora_layers(self.backbone)):
@@ -483,65 +628,134 @@ class LoraPreTrainedModel(PreTrainedModel):
         cls,
         pretrained_model_name_or_path,
         *model_args,
-        config: LoraConfig | None = None,
+        config: LoraConfig | str | os.PathLike | None = None,
         base_model_name_or_path: str | None = None,
         ignore_base_mismatch: bool = False,
+        ignore_mismatched_sizes: bool = False,
+        output_loading_info: bool = False,
+        state_dict: dict | None = None,
         **kwargs,
     ) -> "LoraPreTrainedModel":
         """Load a model saved by `save_pretrained`; an adapter-only save rebuilds its base first.
 
-        The base comes from `config.base_model_name_or_path` unless `base_model_name_or_path=` points
-        elsewhere (a local copy, say). Loading into another head class (a masked-LM save into
-        `LoraForSequenceClassification`) keeps the adapters and trained groups, drops the old head
-        and starts a new one, as `transformers` does for a pretrained checkpoint.
+        Takes the arguments of `PreTrainedModel.from_pretrained`: `dtype` / `torch_dtype` (a torch dtype, its
+        name, or `"auto"`), `device_map`, `attn_implementation`, `output_loading_info`, `ignore_mismatched_sizes`,
+        `state_dict`, `generation_config`, the Hub arguments, and config overrides (`num_labels=5`,
+        `output_attentions=True`, ...). The base comes from `config.base_model_name_or_path` unless
+        `base_model_name_or_path=` points elsewhere (a local copy, say). Loading into another head class (a
+        masked-LM save into `LoraForSequenceClassification`) keeps the adapters and trained groups, drops the old
+        head and starts a new one, as `transformers` does for a pretrained checkpoint.
 
         Example:
-            >>> model = LoraForSequenceClassification.from_pretrained("runs/demo", base_model_name_or_path="./MiniLM")
+            >>> model = LoraForSequenceClassification.from_pretrained("runs/demo", dtype=torch.bfloat16)
         """
+        from transformers.integrations.accelerate import check_and_set_device_map
+
         if model_args:
             raise ValueError(f"{cls.__name__}.from_pretrained takes no positional arguments after the path, got {model_args!r}.")
         if kwargs.pop("use_safetensors", None) is False:
             raise ValueError("`use_safetensors=False`: lora_hf reads safetensors only.")
+        for name, why in _UNSUPPORTED_LOAD_KWARGS.items():
+            if kwargs.pop(name, None) not in (None, False, {}, ""):
+                raise ValueError(f"{cls.__name__}.from_pretrained does not support `{name}`: {why}")
+        for ignored in _IGNORED_LOAD_KWARGS:
+            kwargs.pop(ignored, None)
+        # Refuses a meta-device context as transformers does, and turns a device context into a device map.
+        device_map = check_and_set_device_map(kwargs.pop("device_map", None))
+        dtype = _resolve_dtype(kwargs.pop("dtype", None), kwargs.pop("torch_dtype", None))
         hub_kwargs = {k: kwargs.pop(k) for k in _HUB_KWARGS if k in kwargs}
         load_kwargs = {k: kwargs.pop(k) for k in _BACKBONE_LOAD_KWARGS if k in kwargs}
-        overrides = {k: kwargs.pop(k) for k in _CONFIG_OVERRIDES if k in kwargs}
-        for ignored in ("trust_remote_code", "_from_auto", "_from_pipeline", "code_revision", "adapter_kwargs", "weights_only"):
-            kwargs.pop(ignored, None)
-        if kwargs:
-            raise ValueError(f"{cls.__name__}.from_pretrained got unknown arguments: {sorted(kwargs)}.")
+        generation_config = kwargs.pop("generation_config", None)
+        config = cls._config_for_loading(pretrained_model_name_or_path, config, hub_kwargs)
+        for key, value in kwargs.items():  # config overrides, as transformers passes leftover kwargs to the config
+            if key not in _CONFIG_OVERRIDES and not hasattr(config, key):
+                raise ValueError(
+                    f"{cls.__name__}.from_pretrained got unknown arguments: {sorted(kwargs)} (neither loading arguments "
+                    "nor fields of the config or its backbone_config)."
+                )
+            setattr(config, key, value)
+        if load_kwargs.get("attn_implementation") is not None:
+            config._attn_implementation = load_kwargs["attn_implementation"]
+        if load_kwargs.get("experts_implementation") is not None:
+            config._experts_implementation = load_kwargs["experts_implementation"]
+        if pretrained_model_name_or_path is not None:
+            config._name_or_path = str(pretrained_model_name_or_path)  # model.name_or_path, as transformers sets it
 
-        if config is None:
-            _check_local_path(pretrained_model_name_or_path)
-            config = LoraConfig.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
-        elif getattr(config, "model_type", None) != LoraConfig.model_type:
-            raise ValueError(f"`config` must be a LoraConfig (model_type 'lora'), got {type(config).__name__} (model_type {config.model_type!r}).")
-        elif not isinstance(config, LoraConfig):
-            # The same class loaded from another copy of this file (remote code loads each module on its own).
-            config = LoraConfig.from_dict(config.to_dict())
+        if state_dict is not None:  # the model's own state dict, in place of the file's tensors
+            state, metadata = dict(state_dict), {"lora_hf_format": "full", "base_prefix": _prefix_of(cls, config), "architecture": cls.__name__}
+            if pretrained_model_name_or_path is not None:
+                metadata = _read_safetensors(_resolve_file(pretrained_model_name_or_path, WEIGHTS_NAME, hub_kwargs))[1] or metadata
+        elif pretrained_model_name_or_path is None:
+            raise ValueError(f"{cls.__name__}.from_pretrained needs a directory or Hub id, or `config=` with `state_dict=`.")
         else:
-            config = copy.deepcopy(config)  # never mutate the caller's config
-        _apply_label_overrides(config, overrides)
-        config._name_or_path = str(pretrained_model_name_or_path)  # model.name_or_path, as transformers sets it
-        weights_path = _resolve_file(pretrained_model_name_or_path, WEIGHTS_NAME, hub_kwargs)
-        state, metadata = _read_safetensors(weights_path)
-        if metadata.get("lora_hf_format", "adapter") not in ("adapter", "full"):
+            weights_path = _resolve_file(pretrained_model_name_or_path, WEIGHTS_NAME, hub_kwargs)
+            state, metadata = _read_safetensors(weights_path)
+        fmt = metadata.get("lora_hf_format")
+        loose = fmt is None  # not written by lora_hf: load what fits and report the rest, as transformers does
+        if loose:
+            fmt = "adapter" if (base_model_name_or_path or config.base_model_name_or_path) else "full"
+            metadata = {**metadata, "base_prefix": _prefix_of(cls, config), "architecture": cls.__name__}
+        if fmt not in ("adapter", "full"):
             raise ValueError(
-                f"{weights_path} has `lora_hf_format` {metadata['lora_hf_format']!r} in its metadata; lora_hf writes 'adapter' or 'full'."
+                f"The weights of {str(pretrained_model_name_or_path)!r} have `lora_hf_format` {fmt!r} in their metadata; "
+                "lora_hf writes 'adapter' or 'full'."
             )
-
-        if metadata.get("lora_hf_format") == "full":
+        if fmt == "full":
             model = cls(config)
-            model._load_saved_tensors(state, metadata, strict_full=True)
-            if load_kwargs.get("dtype") not in (None, "auto"):
-                model.to(load_kwargs["dtype"])
-            return model.eval()
+            if dtype not in (None, "auto"):
+                model.to(dtype)
+            elif dtype == "auto":
+                model.to(_saved_dtype(state, config))
+        else:
+            model = cls._build_on_base(
+                pretrained_model_name_or_path, config, base_model_name_or_path, ignore_base_mismatch, ignore_mismatched_sizes,
+                dtype, device_map, load_kwargs, hub_kwargs,
+            )
+        info = model._load_saved_tensors(
+            state, metadata, strict_full=fmt == "full", ignore_mismatched_sizes=ignore_mismatched_sizes, loose=loose
+        )
+        if fmt == "full":
+            _place(model, device_map, load_kwargs.get("max_memory"))
+        model._load_generation_config(pretrained_model_name_or_path, generation_config, hub_kwargs)
+        model.eval()
+        return (model, info) if output_loading_info else model
 
+    @classmethod
+    def _config_for_loading(cls, path, config, hub_kwargs: dict) -> LoraConfig:
+        if config is None or isinstance(config, (str, os.PathLike)):
+            source = config if config is not None else path
+            if source is None:
+                raise ValueError(f"{cls.__name__}.from_pretrained needs a directory or Hub id, or `config=`.")
+            _check_local_path(source)
+            return LoraConfig.from_pretrained(source, **hub_kwargs)
+        if getattr(config, "model_type", None) != LoraConfig.model_type:
+            raise ValueError(f"`config` must be a LoraConfig (model_type 'lora'), got {type(config).__name__} (model_type {config.model_type!r}).")
+        if not isinstance(config, LoraConfig):
+            # The same class loaded from another copy of this file (remote code loads each module on its own).
+            return LoraConfig.from_dict(config.to_dict())
+        return copy.deepcopy(config)  # never mutate the caller's config
+
+    @classmethod
+    def _build_on_base(cls, path, config, base_model_name_or_path, ignore_base_mismatch, ignore_mismatched_sizes,
+                       dtype, device_map, load_kwargs, hub_kwargs) -> "LoraPreTrainedModel":
+        """Load the base an adapter-only save names, in the dtype and on the devices asked for, and wrap it."""
         base = base_model_name_or_path or config.base_model_name_or_path
         if not base:
             raise ValueError(
-                f"{pretrained_model_name_or_path!r} holds adapters only and its config names no base model; pass "
+                f"{path!r} holds adapters only and its config names no base model; pass "
                 "`base_model_name_or_path=` with the base model's Hub id or local directory."
             )
+        base_config = config.backbone_config
+        vocab_size = base_config.get_text_config().vocab_size
+        resized = config.base_vocab_size is not None and config.base_vocab_size != base_config.get_text_config().vocab_size
+        if resized:  # the base checkpoint has its own vocabulary size; the added rows come from our file
+            base_config = copy.deepcopy(base_config)
+            base_config.get_text_config().vocab_size = config.base_vocab_size
+        extra = {k: v for k, v in load_kwargs.items() if k not in ("experts_implementation",) and v is not None}
+        if dtype is not None:
+            extra["dtype"] = dtype
+        if device_map is not None:
+            extra["device_map"] = device_map
         verbosity = logging.get_verbosity()
         try:
             # The head and other tensors the base lacks come from our file: the base's load report
@@ -549,18 +763,18 @@ class LoraPreTrainedModel(PreTrainedModel):
             logging.set_verbosity_error()
             check_base_weights(base)
             backbone, info = cls.backbone_auto_class.from_pretrained(
-                base, config=config.backbone_config, output_loading_info=True, use_safetensors=True, **load_kwargs,
-                **_base_hub_kwargs(hub_kwargs)
+                base, config=base_config, output_loading_info=True, ignore_mismatched_sizes=ignore_mismatched_sizes,
+                use_safetensors=True, **extra, **_base_hub_kwargs(hub_kwargs),
             )
         except OSError as err:
             raise OSError(
-                f"Could not load the base model {base!r} that the adapters in {str(pretrained_model_name_or_path)!r} "
+                f"Could not load the base model {base!r} that the adapters in {str(path)!r} "
                 f"were trained on ({err}). Point to a local copy with `base_model_name_or_path=\"/path/to/base\"`."
             ) from None
         except RuntimeError as err:  # transformers refuses base tensors whose shapes differ from the saved backbone config
             raise ValueError(
-                f"The base model {base!r} does not fit the adapters in {str(pretrained_model_name_or_path)!r}: its tensor "
-                f"shapes differ from those of the base they were trained on{_size_differences(base, config.backbone_config, hub_kwargs)} "
+                f"The base model {base!r} does not fit the adapters in {str(path)!r}: its tensor "
+                f"shapes differ from those of the base they were trained on{_size_differences(base, base_config, hub_kwargs)} "
                 f"({str(err).splitlines()[0]}). Load the base they were trained on; `ignore_base_mismatch` cannot bridge shapes."
             ) from None
         finally:
@@ -570,25 +784,51 @@ class LoraPreTrainedModel(PreTrainedModel):
         if base_model_name_or_path:
             config.base_model_name_or_path = str(base_model_name_or_path)
         expected = config.base_fingerprint
-        with _zero3_gathered([layer.weight for _, layer in lora_layers(model.backbone)]):
-            fingerprint = model.base_fingerprint()
-        if expected and not ignore_base_mismatch and fingerprint != expected:
-            raise ValueError(
-                f"The base model {base!r} is not the one these adapters were trained on (fingerprint "
-                f"{fingerprint} != saved {expected}). Load the right base, or pass "
-                "`ignore_base_mismatch=True` to load anyway."
-            )
-        model._load_saved_tensors(state, metadata, strict_full=False)
-        return model.eval()
+        if expected and not ignore_base_mismatch:
+            with _zero3_gathered([layer.weight for _, layer in lora_layers(model.backbone)]):
+                same = model._same_base(expected)
+                found = None if same else model.base_fingerprint()
+            if not same:
+                raise ValueError(
+                    f"The base model {base!r} is not the one these adapters were trained on (fingerprint "
+                    f"{_short_fingerprint(found)} != saved {_short_fingerprint(expected)}). Load the right "
+                    "base, or pass `ignore_base_mismatch=True` to load anyway."
+                )
+        if resized:
+            model.resize_token_embeddings(vocab_size, mean_resizing=False)
+        return model
 
-    def _load_saved_tensors(self, state: dict, metadata: dict, strict_full: bool) -> None:
-        """Load saved tensors, mapping keys between head classes; refuse anything missing or left over."""
+    def _load_generation_config(self, path, generation_config, hub_kwargs: dict) -> None:
+        """The saved generation settings (`generation_config.json`), or the `generation_config` argument."""
+        if not self.can_generate():
+            return
+        if generation_config is None and path is not None:
+            from transformers import GenerationConfig
+
+            try:
+                generation_config = GenerationConfig.from_pretrained(path, **hub_kwargs)
+            except OSError:  # saved before lora_hf wrote one, or by a model that cannot generate
+                return
+        if generation_config is not None:
+            self.generation_config = generation_config
+
+    def _load_saved_tensors(self, state: dict, metadata: dict, strict_full: bool, ignore_mismatched_sizes: bool = False,
+                            loose: bool = False) -> dict:
+        """Load saved tensors, mapping keys between head classes; refuse anything missing or left over.
+
+        `loose` (a file lora_hf did not write) loads what fits and reports the rest instead, as transformers does.
+
+        Returns transformers' loading info: `missing_keys` (initialised here, not loaded), `unexpected_keys`,
+        `mismatched_keys` (re-initialised under `ignore_mismatched_sizes`) and `error_msgs`.
+        """
         own_prefix = self._base_prefix()
         # A file rewritten by another tool loses its metadata: read its keys as this class's own.
         saved_prefix = metadata.get("base_prefix", own_prefix)
         own = self.state_dict(keep_vars=True)
         own_class = self._model_class().__name__
-        head_switch = (self.config.architectures or [own_class]) != [own_class]
+        saved_class = metadata.get("architecture") or (self.config.architectures or [own_class])[0]
+        head_switch = saved_class != own_class
+        new_rows = _new_rows(metadata)
 
         def split(key, prefix):
             rest = key[len("backbone.") :] if key.startswith("backbone.") else key
@@ -599,28 +839,35 @@ class LoraPreTrainedModel(PreTrainedModel):
             return "head", rest
 
         own_by_canonical = {split(k, own_prefix): k for k in own}
-        loaded, dropped, unexpected, mismatched, non_finite = set(), [], [], [], []
+        loaded, dropped, unexpected, mismatched, non_finite, reinit = set(), [], [], [], [], []
         for key, tensor in state.items():
             canonical = split(key, saved_prefix)
             target = own_by_canonical.get(canonical)
             if target is None or (canonical[0] == "head" and head_switch):
                 (dropped if canonical[0] == "head" and head_switch else unexpected).append(key)
                 continue
-            if tuple(weight_shape(own[target])) != tuple(tensor.shape):
-                mismatched.append(f"{key}: saved {tuple(tensor.shape)}, model {tuple(weight_shape(own[target]))}")
-                continue
-            if own[target].is_floating_point() != tensor.is_floating_point():
-                mismatched.append(f"{key}: saved dtype {tensor.dtype}, model {own[target].dtype}")
+            shape = tuple(weight_shape(own[target]))
+            if key in new_rows:  # the rows past the base's vocabulary only
+                shape = (min(new_rows[key], shape[0]),) + shape[1:]
+            if shape != tuple(tensor.shape) or own[target].is_floating_point() != tensor.is_floating_point():
+                if ignore_mismatched_sizes and own[target].is_floating_point() == tensor.is_floating_point():
+                    reinit.append((key, target, tuple(tensor.shape), shape))
+                    continue
+                what = f"saved {tuple(tensor.shape)}, model {shape}" if shape != tuple(tensor.shape) else f"saved dtype {tensor.dtype}, model {own[target].dtype}"
+                mismatched.append(f"{key}: {what}")
                 continue
             if isinstance(own[target], nn.Parameter) and tensor.is_floating_point() and not torch.isfinite(tensor).all():
                 non_finite.append(key)
             loaded.add(target)
-        if unexpected or mismatched:
-            raise ValueError(
+        if loose and unexpected:
+            _LOAD_REPORT.warning(f"Some weights of the checkpoint were not used when initializing {type(self).__name__}: {unexpected[:8]}")
+        if (unexpected and not loose) or mismatched:
+            raise CheckpointMismatchError(
                 f"The checkpoint does not fit {type(self).__name__}: "
                 + (f"unexpected tensors {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}; " if unexpected else "")
                 + (f"shape/dtype mismatches {mismatched[:8]}{' ...' if len(mismatched) > 8 else ''}; " if mismatched else "")
-                + "the tensors must match config.json (r, target_modules, num_labels) and the base model's shapes."
+                + "the tensors must match config.json (r, target_modules, num_labels) and the base model's shapes"
+                + ("; pass `ignore_mismatched_sizes=True` to re-initialise the tensors whose shapes differ." if mismatched else ".")
             )
         if non_finite:
             raise ValueError(
@@ -633,6 +880,8 @@ class LoraPreTrainedModel(PreTrainedModel):
             required = self.new_parameter_names()
             for group in self.config.trained_groups:
                 required |= self._group_members(group)
+        reinit_targets = {target for _, target, _, _ in reinit}
+        required -= reinit_targets
         fresh = []
         if head_switch:
             # A new head (and base tensors the old class never had, such as BERT's pooler) start fresh. A full
@@ -645,27 +894,67 @@ class LoraPreTrainedModel(PreTrainedModel):
                 if split(k, own_prefix)[0] == "head" or k in self.newly_initialized_keys or (strict_full and k not in kept)
             )
             required -= set(fresh)
-            # Saved with the adapters from now on, or every load of an adapter save would draw them anew.
-            params = {n for n, _ in self.named_parameters()}
-            self.newly_initialized_keys = sorted(set(self.newly_initialized_keys) | {k for k in fresh if k in params})
+        params = {n for n, _ in self.named_parameters()}
+        # Saved with the adapters from now on, or every load of an adapter save would draw them anew.
+        self.newly_initialized_keys = sorted(set(self.newly_initialized_keys) | {k for k in set(fresh) | reinit_targets if k in params})
         missing = sorted(k for k in required - loaded if not _is_tied_copy(self, k, loaded))
+        if missing and loose:
+            _LOAD_REPORT.warning(f"Some weights of {type(self).__name__} were not initialized from the checkpoint and are newly initialized: {missing[:8]}")
+            self.newly_initialized_keys = sorted(set(self.newly_initialized_keys) | (set(missing) & params))
+            missing = []
         if missing:
             raise ValueError(
                 f"The checkpoint lacks tensors {type(self).__name__} needs: {missing[:8]}{' ...' if len(missing) > 8 else ''}. "
                 "It was saved from another configuration (r, target_modules or trained groups differ)."
             )
-        targets = {key: own[own_by_canonical[split(key, saved_prefix)]] for key in state if key not in dropped}
+        skip = set(dropped) | set(unexpected) | {r[0] for r in reinit}
+        targets = {key: own[own_by_canonical[split(key, saved_prefix)]] for key in state if key not in skip}
         with torch.no_grad(), _zero3_gathered(list(targets.values()), modified=True):
             for key, target in targets.items():
-                target.copy_(state[key])
+                if key in new_rows:  # the rows past the base's vocabulary only
+                    target[target.shape[0] - new_rows[key]:].copy_(state[key])
+                else:
+                    target.copy_(state[key])
+        if reinit:
+            self._reinitialize(sorted(reinit_targets))
+            _LOAD_REPORT.warning(
+                f"Some weights of {type(self).__name__} were not initialized from the checkpoint and are newly initialized "
+                "because the shapes did not match:\n"
+                + "\n".join(f"- {key}: found shape {saved} in the checkpoint and {shape} in the model instantiated" for key, _, saved, shape in reinit)
+                + "\nReinit due to size mismatch: you should probably TRAIN this model on a down-stream task."
+            )
         if dropped or fresh:
             logger.warning(
-                f"Dropped the saved {self.config.architectures[0]} head ({len(dropped)} tensors); newly initialised "
+                f"Dropped the saved {saved_class} head ({len(dropped)} tensors); newly initialised "
                 f"in {type(self).__name__}, to be trained: {fresh}."
             )
         self.config.architectures = [own_class]
         # Re-apply the phase: loading replaced no Parameter, but keep requires_grad explicit.
         self._apply_phase(self.active_phase)
+        missing_keys = set(self.newly_initialized_keys) | (set(own) - loaded - reinit_targets if strict_full else set())
+        missing_keys = {k for k in missing_keys if not _is_tied_copy(self, k, loaded)}
+        return {
+            "missing_keys": missing_keys,
+            "unexpected_keys": set(dropped) | set(unexpected),
+            "mismatched_keys": {(key, saved, shape) for key, _, saved, shape in reinit},
+            "error_msgs": [],
+        }
+
+    def _reinitialize(self, keys: list) -> None:
+        """Draw the tensors `keys` anew with the backbone's initialiser (a head whose size changed)."""
+        modules = {k.rsplit(".", 1)[0] for k in keys}
+        with torch.no_grad():
+            for name in sorted(modules):
+                module = self.get_submodule(name)
+                for tensor in list(module.parameters(recurse=False)) + list(module.buffers(recurse=False)):
+                    if hasattr(tensor, "_is_hf_initialized"):
+                        del tensor._is_hf_initialized
+                module._is_hf_initialized = False
+                if isinstance(module, _LoraLayer):
+                    module.reset_lora_parameters(self.config.init_lora_weights)
+                else:
+                    self.backbone._init_weights(module)
+                module._is_hf_initialized = True
 
     # ----- Hub and PEFT: thin doors into lora_hf.hub / lora_hf.peft_interop ----------------------
     @staticmethod
@@ -755,12 +1044,32 @@ class LoraForQuestionAnswering(LoraPreTrainedModel):
 
     backbone_auto_class = AutoModelForQuestionAnswering
 
-    def forward(self, input_ids=None, attention_mask=None, start_positions=None, end_positions=None, **kwargs):
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
+        inputs_embeds=None,
+        start_positions=None,
+        end_positions=None,
+        output_attentions=None,
+        output_hidden_states=None,
+        return_dict=None,
+        **kwargs,
+    ):
+        """Runs the backbone; `start_positions` / `end_positions` are the labels (the loss comes with them)."""
         return super().forward(
             input_ids=input_ids,
             attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
             start_positions=start_positions,
             end_positions=end_positions,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=return_dict,
             **kwargs,
         )
 
@@ -776,9 +1085,19 @@ class LoraForCausalLM(LoraPreTrainedModel, GenerationMixin):
     backbone_auto_class = AutoModelForCausalLM
     _loss_shifts_labels = True  # token t predicts t + 1: the Trainer counts `labels[..., 1:]`
 
-    def __init__(self, config: LoraConfig, backbone: PreTrainedModel | None = None):
-        super().__init__(config, backbone=backbone)
-        self.generation_config = self.backbone.generation_config
+    @property
+    def generation_config(self):
+        """The backbone's generation config: its `generate` runs, so setting this sets the backbone's."""
+        backbone = self.__dict__.get("_modules", {}).get("backbone")
+        return backbone.generation_config if backbone is not None else self.__dict__.get("_generation_config")
+
+    @generation_config.setter
+    def generation_config(self, value):
+        backbone = self.__dict__.get("_modules", {}).get("backbone")
+        if backbone is not None:
+            backbone.generation_config = value
+        else:  # PreTrainedModel.__init__ sets one before the backbone exists
+            self.__dict__["_generation_config"] = value
 
     def generate(self, *args, **kwargs):
         # The adapters live inside the backbone, so its own generate (and KV cache) runs them.
@@ -969,13 +1288,60 @@ def _read_safetensors(path: str) -> tuple:
     return state, metadata
 
 
-def _apply_label_overrides(config: LoraConfig, overrides: dict) -> None:
-    for key, value in overrides.items():
-        setattr(config.backbone_config, key, value)
-    if overrides:
-        config.id2label = config.backbone_config.id2label
-        config.label2id = config.backbone_config.label2id
-        config.problem_type = config.backbone_config.problem_type
+def _resolve_dtype(dtype, torch_dtype):
+    """`dtype` (or the older `torch_dtype`) as a torch dtype, `"auto"`, or None, as transformers reads it."""
+    value = dtype if dtype is not None else torch_dtype
+    if value is None or value == "auto" or isinstance(value, torch.dtype):
+        return value
+    if isinstance(value, str) and isinstance(getattr(torch, value, None), torch.dtype):
+        return getattr(torch, value)
+    raise ValueError(f"`dtype` must be a torch dtype, the name of one ('bfloat16') or 'auto', got {value!r}.")
+
+
+def _saved_dtype(state: dict, config) -> torch.dtype:
+    """`dtype="auto"`: the config's dtype, else that of the first floating tensor saved, as transformers does."""
+    if isinstance(getattr(config, "dtype", None), torch.dtype):
+        return config.dtype
+    return next((t.dtype for t in state.values() if t.is_floating_point()), torch.get_default_dtype())
+
+
+def _place(model: nn.Module, device_map, max_memory) -> None:
+    """Put a model built here (the full layout) where `device_map` says: one device, or dispatched by accelerate."""
+    if device_map is None:
+        return
+    if isinstance(device_map, dict) and len({str(d) for d in device_map.values()}) == 1:
+        model.to(next(iter(device_map.values())))
+        return
+    from transformers.integrations.accelerate import accelerate_dispatch, infer_auto_device_map  # accelerate underneath
+
+    if isinstance(device_map, str):
+        device_map = infer_auto_device_map(model, max_memory=max_memory, no_split_module_classes=set(model._no_split_modules))
+    if "disk" in set(map(str, device_map.values())):
+        raise ValueError("`device_map` offloads to disk: save the adapter-only layout, whose base loads with any device_map.")
+    accelerate_dispatch(model, None, device_map, None, None, False)
+
+
+def _new_rows(metadata: dict) -> dict:
+    """`{key: rows}`: tensors saved as only their last `rows` rows (tokens added to the base's vocabulary)."""
+    try:
+        rows = json.loads(metadata.get("lora_hf_new_rows", "{}"))
+    except ValueError:
+        rows = None
+    if not isinstance(rows, dict) or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in rows.values()):
+        raise ValueError(f"The weights' metadata `lora_hf_new_rows` must map tensor names to row counts, got {metadata.get('lora_hf_new_rows')!r}.")
+    return rows
+
+
+def _prefix_of(cls, config) -> str:
+    """The attribute a `cls` backbone keeps its base model under (`bert`), as `_base_prefix` reads it off a model."""
+    with torch.device("meta"):
+        skeleton = cls.backbone_auto_class.from_config(copy.deepcopy(config.backbone_config))
+    prefix = getattr(skeleton, "base_model_prefix", "")
+    return prefix if prefix and isinstance(getattr(skeleton, prefix, None), nn.Module) else ""
+
+
+def _short_fingerprint(fingerprint: str | None) -> str:
+    return str(fingerprint).rsplit(":", 1)[0] if fingerprint else str(fingerprint)
 
 
 def _is_tied_copy(model: nn.Module, key: str, loaded: set) -> bool:

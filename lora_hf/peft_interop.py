@@ -191,7 +191,13 @@ def save_peft_adapter(model, save_directory, base_model_name_or_path: str | None
     if out.exists() and not out.is_dir():
         raise OSError(f"`save_directory` {str(out)!r} is a file; pass a directory.")
     out.mkdir(parents=True, exist_ok=True)
-    _replace(out / ADAPTER_WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+    # PEFT saves no labels; the head's names and count travel in the file's metadata (PEFT ignores it), read back by
+    # `load_peft_adapter` and by `peft_label_kwargs` for transformers' own loading.
+    metadata = {"format": "pt"}
+    labels = _labels_of(model)
+    if labels:
+        metadata["lora_hf_labels"] = json.dumps(labels, sort_keys=True)
+    _replace(out / ADAPTER_WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata=metadata))
     _replace(out / ADAPTER_CONFIG_NAME, lambda tmp: Path(tmp).write_text(json.dumps(adapter_config, indent=2, sort_keys=True) + "\n"))
     return out
 
@@ -270,10 +276,46 @@ def _split_tensors(tensors: dict) -> tuple:
     return lora, others
 
 
-def _label_kwargs(model_class, base, others: dict, kwargs: dict) -> dict:
-    """`num_labels` from the saved head when the base's own config has another count (PEFT does not save it)."""
+def _labels_of(model) -> dict:
+    """The head's labels (`id2label`, `label2id`, `problem_type`) as config.json writes them; empty for LM heads."""
+    if type(model).__name__ not in ("LoraForSequenceClassification", "LoraForTokenClassification"):
+        return {}
+    config = model.config
+    labels = {"id2label": {str(k): v for k, v in (config.id2label or {}).items()}, "label2id": dict(config.label2id or {})}
+    if config.problem_type:
+        labels["problem_type"] = config.problem_type
+    return labels
+
+
+def peft_label_kwargs(peft_dir) -> dict:
+    """The labels `save_peft_adapter` recorded, as keyword arguments for transformers' own loading of the adapter.
+
+    PEFT's format has no place for them, so transformers builds the head with the base's label count unless told:
+
+    Example:
+        >>> AutoModelForSequenceClassification.from_pretrained("demo-peft", **peft_label_kwargs("demo-peft"))
+    """
+    with safe_open(str(Path(peft_dir) / ADAPTER_WEIGHTS_NAME), framework="pt") as f:
+        metadata = f.metadata() or {}
+    if "lora_hf_labels" not in metadata:
+        return {}
+    try:
+        labels = json.loads(metadata["lora_hf_labels"])
+        labels["id2label"] = {int(k): str(v) for k, v in labels["id2label"].items()}
+        labels["label2id"] = {str(k): int(v) for k, v in labels["label2id"].items()}
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise ValueError(f"The `lora_hf_labels` metadata of {peft_dir}/{ADAPTER_WEIGHTS_NAME} is malformed.") from None
+    return {k: v for k, v in labels.items() if k in ("id2label", "label2id", "problem_type")}
+
+
+def _label_kwargs(model_class, base, others: dict, kwargs: dict, peft_dir=None) -> dict:
+    """The saved labels (lora_hf's export records them), else `num_labels` from the saved head's shape when the
+    base's own config has another count (PEFT does not save it)."""
     if "num_labels" in kwargs or "id2label" in kwargs or not others:
         return {}
+    recorded = peft_label_kwargs(peft_dir) if peft_dir is not None else {}
+    if recorded:
+        return recorded
     from transformers import AutoConfig
 
     hub = {k: kwargs[k] for k in ("cache_dir", "token", "local_files_only", "revision") if k in kwargs}
@@ -312,7 +354,7 @@ def load_peft_adapter(model_class, peft_dir, base_model_name_or_path: str | None
     init = "gaussian" if adapter_config.get("init_lora_weights") == "gaussian" else "kaiming"
     verbosity = logging.get_verbosity()
     try:
-        label_kwargs = _label_kwargs(model_class, base, others, kwargs)
+        label_kwargs = _label_kwargs(model_class, base, others, kwargs, peft_dir)
         # The base's load report would call the head "newly initialized"; the adapter supplies it (checked below).
         logging.set_verbosity_error()
         model = model_class.from_base_model(
@@ -427,6 +469,11 @@ def export_main(argv: list | None = None) -> int:
         save_peft_adapter(model, out, args.base_model_name_or_path)
         copy_tokenizer_files(args.model_dir, out)
         print(f"Wrote the PEFT adapter to {out}")
+        labels = peft_label_kwargs(out)
+        if labels:
+            auto = type(model).__name__.replace("LoraFor", "AutoModelFor")
+            print(f"transformers loads it with its {len(labels['id2label'])} labels: "
+                  f"{auto}.from_pretrained({str(out)!r}, **lora_hf.peft_interop.peft_label_kwargs({str(out)!r}))")
 
     return run_command("export-peft", parser, argv, action)
 
