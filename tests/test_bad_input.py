@@ -249,8 +249,8 @@ CHECKPOINT_CASES = [
     Case("other-base-other-shapes-even-when-ignored",
          lambda env: load(env["adapter"], base_model_name_or_path=env["wide_base"], ignore_base_mismatch=True), ValueError,
          ("hidden_size 64, trained on 32",)),
-    Case("tensor-unexpected-in-a-file-without-metadata",
-         lambda env: load(_strip_metadata(rewrite_tensors(env, "bogus", lambda t: t.update({"backbone.bogus.weight": torch.zeros(2)})))),
+    Case("tensor-unexpected-in-a-lora_hf-file",
+         lambda env: load(rewrite_tensors(env, "bogus", lambda t: t.update({"backbone.bogus.weight": torch.zeros(2)}))),
          ValueError, ("unexpected tensors ['backbone.bogus.weight'];",)),
     Case("base-with-pickled-weights-only", lambda env: LoraForSequenceClassification.from_base_model(_pickled_base(env), num_labels=2),
          OSError, ("pytorch_model.bin", "reads safetensors only", "no pickle is loaded")),
@@ -404,3 +404,15 @@ def test_no_pickled_base_was_ever_unpickled(env):
 
     assert len(env.get("pickled_bases", [])) >= 2
     assert not [d for d in env["pickled_bases"] if (d / MARKER_NAME).exists()]
+
+
+def test_a_file_another_tool_rewrote_loads_what_fits_and_names_the_tensor_it_did_not_use(env):
+    """Without lora_hf's metadata the file is read as transformers reads a checkpoint: what fits loads, the rest
+    is reported by name (before, every adapter was listed as unexpected and the stray tensor never named)."""
+    path = _strip_metadata(rewrite_tensors(env, "bogus-stripped", lambda t: t.update({"backbone.bogus.weight": torch.zeros(2)})))
+    model, info = load(path, output_loading_info=True)
+    assert set(info["unexpected_keys"]) == {"backbone.bogus.weight"}
+    clean = load(env["adapter"])
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with torch.no_grad():
+        torch.testing.assert_close(model(input_ids=ids).logits, clean(input_ids=ids).logits, rtol=0, atol=0)
