@@ -13,3 +13,18 @@ def tiny_bases(tmp_path_factory):
     from tiny_backbones import save_tiny_bases
 
     return save_tiny_bases(tmp_path_factory.mktemp("tiny_bases"))
+
+
+# A tiny saved base and a finished run, shared by test_hub.py and test_cards.py.
+@pytest.fixture(scope="module")
+def bases(tmp_path_factory):
+    from hub_fixtures import save_bases
+
+    return save_bases(tmp_path_factory.mktemp("bases"))
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, bases):
+    from hub_fixtures import save_run
+
+    return save_run(tmp_path_factory.mktemp("run") / "out", bases["bert"])

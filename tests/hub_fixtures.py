@@ -161,3 +161,4 @@ class FakeHub:
         for name, data in self.commits[commit]["files"].items():
             (folder / name).write_bytes(data)
         return folder
+

@@ -2,27 +2,16 @@
 real Hub id, epochs as run, learning rates that agree with the configuration, and a one-point loss that shows."""
 
 import json
-import re
 import shutil
 
-import pytest
 
-from hub_fixtures import RESULTS, classifier, save_bases, save_run
+from hub_fixtures import RESULTS, classifier
 from lora_hf.cli import main as cli
 from lora_hf.hub import build_model_card, hub_base_model
 from lora_hf.training import default_base_model, plot_loss_curves
 
 LABELS = {0: "negative", 1: "neutral", 2: "positive"}
 
-
-@pytest.fixture(scope="module")
-def bases(tmp_path_factory):
-    return save_bases(tmp_path_factory.mktemp("bases"))
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory, bases):
-    return save_run(tmp_path_factory.mktemp("run") / "out", bases["bert"])
 
 
 def phase_section(card: str, number: int) -> str:

@@ -20,19 +20,10 @@ from huggingface_hub import ModelCard
 from huggingface_hub.repocard_data import model_index_to_eval_results
 
 import lora_hf
-from hub_fixtures import ATOL, REPO, RESULTS, FakeHub, classifier, inputs, run_without_lora_hf, save_bases, save_run
+from hub_fixtures import ATOL, REPO, RESULTS, FakeHub, inputs, run_without_lora_hf, save_bases, save_run
 from lora_hf import LoraForSequenceClassification
 from lora_hf.hub import build_model_card, check_card_metadata, hub_base_model, push_to_hub, template_path, write_model_card
 
-
-@pytest.fixture(scope="module")
-def bases(tmp_path_factory):
-    return save_bases(tmp_path_factory.mktemp("bases"))
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory, bases):
-    return save_run(tmp_path_factory.mktemp("run") / "out", bases["bert"])
 
 
 @pytest.fixture()
