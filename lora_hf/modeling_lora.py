@@ -524,11 +524,24 @@ class LoraPreTrainedModel(PreTrainedModel):
         )
         cls._check_targets_on_meta(config)
         check_base_weights(base_model_name_or_path, hub_kwargs.get("subfolder") or "")
-        backbone, info = cls.backbone_auto_class.from_pretrained(
-            base_model_name_or_path, config=backbone_config, output_loading_info=True, use_safetensors=True, **hub_kwargs, **load_kwargs
-        )
+        verbosity = logging.get_verbosity()
+        try:
+            # transformers' load report (a table of MISSING keys, "this checkpoint seem corrupted") reads as an
+            # error for what is a plain fact here: the base lacks a head, which is created below. One line says so.
+            logging.set_verbosity_error()
+            backbone, info = cls.backbone_auto_class.from_pretrained(
+                base_model_name_or_path, config=backbone_config, output_loading_info=True, use_safetensors=True, **hub_kwargs, **load_kwargs
+            )
+        finally:
+            logging.set_verbosity(verbosity)
         model = cls(config, backbone=backbone)
         model._set_newly_initialized(info)
+        if model.newly_initialized_keys:
+            logger.warning(
+                f"{base_model_name_or_path} has no weights for {', '.join(_module_roots(model.newly_initialized_keys))}: "
+                f"{cls.__name__} starts them fresh (random, {sum(model.get_parameter(k).numel() for k in model.newly_initialized_keys):,} "
+                "parameters) and saves them with the adapters; a phase must train them (group `head`) before they mean anything."
+            )
         with _zero3_gathered([layer.weight for _, layer in lora_layers(model.backbone)]):
             config.base_fingerprint = model.base_fingerprint()
         return model
@@ -1118,6 +1131,13 @@ _AUTO_CLASSES = {
 # Wrappers that put themselves into parameter names (FSDP1 units, activation checkpointing). Their state
 # dicts leave them out, and so do the names lora_hf groups, saves and loads.
 _WRAPPER_NAMES = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.")
+
+
+def _module_roots(keys: list) -> list:
+    """The fewest module paths covering `keys`: `backbone.cls.predictions.transform.dense.weight` and
+    `backbone.cls.predictions.bias` give `cls.predictions`."""
+    modules = sorted({k.removeprefix("backbone.").rsplit(".", 1)[0] for k in keys})
+    return [m for m in modules if not any(m.startswith(other + ".") for other in modules)]
 
 
 def _unwrapped_name(name: str) -> str:

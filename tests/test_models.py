@@ -140,3 +140,22 @@ def test_from_base_model_loads_the_base_weights_and_equals_the_base_at_step_zero
     assert torch.equal(model(X).logits, base(X).logits)
     bare = LoraModel.from_base_model(tiny_bases[name], r=2).eval()
     assert torch.equal(bare(X).last_hidden_state, base.base_model(X).last_hidden_state)
+
+
+def test_a_base_without_the_head_gets_one_plain_line_instead_of_transformers_load_report(tmp_path, capfd, caplog):
+    """A sentence encoder saved without its MLM head (MiniLM is one) is no corrupted checkpoint: lora_hf
+    creates the head, and says so in one line naming it, not in transformers' table of MISSING keys."""
+    from transformers import AutoModel
+
+    torch.manual_seed(0)
+    AutoModel.from_config(tiny_config("bert")).save_pretrained(tmp_path / "encoder")
+    capfd.readouterr()
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        model = LoraForMaskedLM.from_base_model(str(tmp_path / "encoder"))
+    err = capfd.readouterr().err + caplog.text
+    ours = [r.getMessage() for r in caplog.records if r.name.startswith("lora_hf")]
+    assert len(ours) == 1, ours
+    assert "has no weights for cls.predictions:" in ours[0] and "LoraForMaskedLM starts them fresh" in ours[0]
+    assert "LOAD REPORT" not in err and "corrupted" not in err and "MISSING" not in err
+    assert model.newly_initialized_keys and all(k.startswith("backbone.cls.predictions.") for k in model.newly_initialized_keys)
