@@ -755,7 +755,7 @@ def run_two_phase(
 
             info = push_to_hub(out, _hub_repo_id(training_args), private=training_args.hub_private_repo, token=training_args.hub_token)
             print(f"Pushed {out} to {getattr(info, 'commit_url', _hub_repo_id(training_args))}")
-    _print_table(results)
+    _print_table(results, out if training_args.should_save else None)
     return results
 
 
@@ -822,8 +822,10 @@ def _run_pretrain(base, encoder, lora_kwargs, texts, tokenizer, data_args, train
         logger.warning(f"{base} has no pretrained LM head ({len(untrained_head)} tensors newly initialised); the pretrain phase trains the `head` group too.")
         model.config.phase_trainable["pretrain"] = groups + ["head"]
     model.set_phase("pretrain")
-    model.print_trainable_parameters()
     split = texts.train_test_split(test_size=_pretrain_held_out(len(texts), phase_args), seed=training_args.seed)
+    data = data_args.describe().get("pretrain", "the given texts")
+    _phase_header("pretrain", "masked LM" if encoder else "causal LM",
+                  f"{data}: {len(split['train']):,} texts, {len(split['test']):,} held out for perplexity", model)
     train = _tokenize_text(split["train"], tokenizer, data_args, ["text"])
     evals = _tokenize_text(split["test"], tokenizer, data_args, ["text"])
     overrides = {
@@ -865,9 +867,9 @@ def _run_finetune(start, task, labels, lora_kwargs, task_data, tokenizer, data_a
     else:
         model = lora_class.from_base_model(start["base"], **lora_kwargs, **label_kwargs)
         model.set_phase("finetune")
-    if isinstance(model, LoraPreTrainedModel):
-        model.print_trainable_parameters()
     encoded = _encode_task(task_data, tokenizer, data_args, task, labels)
+    sizes = ", ".join(f"{len(encoded[split]):,} {split}" for split in ("train", "validation", "test") if split in encoded)
+    _phase_header("finetune", task, f"{data_args.describe().get('finetune', 'the given data')}: {sizes}", model)
     if task == "token-classification":
         collator = DataCollatorForTokenClassification(tokenizer, pad_to_multiple_of=8)
     elif task == "causal-lm":
@@ -882,6 +884,15 @@ def _run_finetune(start, task, labels, lora_kwargs, task_data, tokenizer, data_a
     predict = {"task": task, "labels": labels} if getattr(training_args, "do_predict", False) else None
     return _train_phase(model, args, encoded["train"], encoded.get("validation"), encoded.get("test"), collator, tokenizer, phase_dir,
                         training_args, compute_metrics, predict)
+
+
+def _phase_header(phase: str, objective: str, data: str, model) -> None:
+    """What a phase is about to do: its objective and data, the groups it trains and how many parameters that is."""
+    groups = model.config.phase_trainable[phase] if isinstance(model, LoraPreTrainedModel) else ["all (full fine-tuning)"]
+    print(f"\n==== {phase} phase: {objective} on {data}")
+    print(f"trains: {', '.join(groups)}; the rest is frozen" if isinstance(model, LoraPreTrainedModel) else f"trains: {groups[0]}")
+    if isinstance(model, LoraPreTrainedModel):
+        model.print_trainable_parameters()
 
 
 def _train_phase(model, args, train, evals, test, collator, tokenizer, phase_dir, top_args, compute_metrics=None, predict=None) -> dict:
@@ -1042,7 +1053,7 @@ def flat_results(results: dict) -> dict:
     return flat
 
 
-def _print_table(results: dict) -> None:
+def _print_table(results: dict, out: Path | None = None) -> None:
     rows = []
     for phase in ("pretrain", "finetune"):
         for key, value in sorted((results.get(phase) or {}).items()):
@@ -1068,7 +1079,27 @@ def _print_table(results: dict) -> None:
         share = 100 * results["trainable_params"] / results["total_params"]
         print("-" * (width + 24))
         print(f"trainable params: {results['trainable_params']:,d} of {results['total_params']:,d} ({share:.3f}%)")
+    if out is not None:
+        print("-" * (width + 24))
+        print("\n".join(_usage_lines(out, results)))
     print("=" * (width + 24))
+
+
+def _usage_lines(out: Path, results: dict) -> list:
+    """Where the model is and the one-line ways to use it (the final table's last lines)."""
+    from .hub import AUTO_CLASSES, PIPELINE_TAGS
+
+    arch = (json.loads((out / "config.json").read_text()).get("architectures") or [""])[0] if (out / "config.json").is_file() else ""
+    if arch not in AUTO_CLASSES and results.get("task") in TASK_CLASSES:  # --full_finetune saves the plain transformers class
+        arch = TASK_CLASSES[results["task"]].__name__
+    lines = [f"saved to: {out}"]
+    if arch in AUTO_CLASSES:
+        lines.append(f"load:     import lora_hf; from transformers import {AUTO_CLASSES[arch]}; "
+                     f"model = {AUTO_CLASSES[arch]}.from_pretrained({str(out)!r})")
+        lines.append(f"pipeline: import lora_hf; from transformers import pipeline; pipe = pipeline({PIPELINE_TAGS[arch]!r}, model={str(out)!r})")
+    lines.append(f"card:     lora-hf card {out}")
+    lines.append(f"push:     lora-hf push {out} <user>/<repo>")
+    return lines
 
 
 def parse_args(argv: list | None = None) -> tuple:

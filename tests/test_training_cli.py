@@ -87,6 +87,25 @@ def test_sentence_pairs_train_both_phases(setup):
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads((out / "pretrain" / "trainer_state.json").read_text())["global_step"] == 1
     assert json.loads((out / "finetune" / "trainer_state.json").read_text())["global_step"] == 1
+    _check_the_log_says_what_happened(done.stdout, out)
+
+
+def _check_the_log_says_what_happened(stdout: str, out: Path) -> None:
+    """A header per phase (objective, data, groups, parameter count); the final table ends with where the model is
+    and one-line ways to use it, and the printed load and pipeline lines run as printed."""
+    pretrain, finetune = stdout.index("==== pretrain phase: masked LM on"), stdout.index("==== finetune phase: classification on")
+    assert pretrain < finetune
+    assert "trains: lora, embeddings; the rest is frozen\ntrainable params: " in stdout[pretrain:finetune]
+    assert "pairs.csv: 24 train, 24 validation" in stdout[finetune:] and "trains: lora, head; the rest is frozen" in stdout[finetune:]
+    tail = stdout.rstrip().splitlines()[-6:]
+    assert tail[0] == f"saved to: {out}" and tail[-1].startswith("=====")
+    by_name = {line.split(":", 1)[0]: line.split(":", 1)[1].strip() for line in tail[1:-1]}
+    assert by_name["card"] == f"lora-hf card {out}" and by_name["push"] == f"lora-hf push {out} <user>/<repo>"
+    scope: dict = {}
+    exec(by_name["load"], scope)  # noqa: S102 (the line the user is told to run)
+    exec(by_name["pipeline"], scope)  # noqa: S102
+    assert type(scope["model"]).__name__ == "LoraForSequenceClassification"
+    assert scope["pipe"]("a tiny test sentence")[0]["label"] in scope["model"].config.id2label.values()
 
 
 # ----- items 3 and 4: refused before any work, in one line, exit code 2 ----------------------------
