@@ -63,6 +63,7 @@ from .modeling_lora import (
     LoraForTokenClassification,
     LoraPreTrainedModel,
 )
+from .precision import choose_precision
 
 logger = logging.get_logger(__name__)
 
@@ -160,11 +161,19 @@ class LoraTrainingArguments(TrainingArguments):
     logging_steps: float = field(default=20, metadata={"help": "Log the loss every N steps."})
     report_to: list[str] = field(default_factory=lambda: ["none"], metadata={"help": "Integrations to report to (none, tensorboard, wandb, ...)."})
     seed: int = field(default=42, metadata={"help": "Random seed (data order, init)."})
+    # None: chosen from the hardware by lora_hf/precision.py (parse_args keeps a bare `--bf16` meaning true).
+    bf16: bool | None = field(default=None, metadata={"help": (
+        "bf16 autocast (weights, adapters and optimizer states stay fp32). Default: on where the CPU reports "
+        "amx_bf16/avx512_bf16 or the GPU supports bf16; `--bf16 false` forces fp32.")})
 
     def __post_init__(self):
         # TrainingArguments would fall back to ./trainer_output: a forgotten flag must not start a long run there.
         if self.output_dir is None:
             raise DataError("`--output_dir` is required: both phases write their checkpoints and the final model there.")
+        self.precision, self.precision_reason = choose_precision(self.bf16, self.fp16, self.use_cpu)
+        self.bf16 = self.precision == "bf16"
+        if self.bf16 and not torch.cuda.is_available():
+            self.use_cpu = True  # TrainingArguments refuses bf16 without a GPU unless told the run is on the CPU
         super().__post_init__()
 
 
@@ -405,6 +414,7 @@ def run_two_phase(
     if training_args.output_dir is None:
         raise DataError("`--output_dir` is required.")
     out = _check_output_dir(model_args, training_args)
+    precision = _announce_precision(training_args)
     if model_args.skip_pretrain and model_args.skip_finetune:
         raise DataError("`--skip_pretrain` and `--skip_finetune` together leave nothing to run.")
     full = model_args.full_finetune
@@ -450,7 +460,7 @@ def run_two_phase(
         if probe is not None:  # the task model may have modules the pretrain model lacks (BERT's pooler)
             TASK_CLASSES[task]._check_targets_on_meta(probe)
 
-    results = {"base_model": base, "task": task, "full_finetune": full}
+    results = {"base_model": base, "task": task, "full_finetune": full, "precision": precision}
     ran = {"pretrain": run_pretrain, "finetune": task_data is not None}
     results["datasets"] = {phase: text for phase, text in data_args.describe().items() if ran[phase]}
     results["hyperparameters"] = {
@@ -484,6 +494,16 @@ def run_two_phase(
         _publish_final(final_dir, out, tokenizer, results, histories)
     _print_table(results)
     return results
+
+
+def _announce_precision(args: TrainingArguments) -> dict:
+    """Say which precision the run trains in and why (LoraTrainingArguments chose it; a plain TrainingArguments says it)."""
+    precision = getattr(args, "precision", None) or ("bf16" if args.bf16 else "fp16" if args.fp16 else "fp32")
+    reason = getattr(args, "precision_reason", None) or "as the TrainingArguments given say"
+    what = "fp32" if precision == "fp32" else f"{precision} autocast (weights, adapters and optimizer states in fp32)"
+    other = "`--bf16 false` trains in fp32" if precision != "fp32" else "`--bf16` trains under bf16 autocast"
+    print(f"Precision: {what}, because {reason}; {other}.", flush=True)
+    return {"precision": precision, "reason": reason}
 
 
 def _recorded_hyperparameters(phase, full, lora_kwargs, data_args, training_args, phase_args, pretrain_texts) -> dict:
@@ -745,6 +765,8 @@ def _print_table(results: dict) -> None:
 def parse_args(argv: list | None = None) -> tuple:
     """Parse command-line flags, or one JSON/YAML file holding them."""
     parser = HfArgumentParser((ModelArguments, LoraArguments, DataArguments, LoraTrainingArguments, PhaseArguments))
+    bf16 = parser._option_string_actions["--bf16"]  # an optional bool wants a value; a bare `--bf16` means true
+    bf16.nargs, bf16.const = "?", True
     argv = list(sys.argv[1:] if argv is None else argv)
     if len(argv) == 1 and argv[0].endswith(".json"):
         return parser.parse_json_file(argv[0])
