@@ -124,3 +124,26 @@ def test_merged_fp32_model_equals_the_unmerged_bf16_trained_model(tiny_bases):
         merged_fp32 = model(input_ids=ids).logits
     torch.testing.assert_close(merged_fp32, unmerged_fp32, rtol=0, atol=ATOL[torch.float32])
     torch.testing.assert_close(merged_fp32, trained, rtol=0, atol=ATOL[torch.bfloat16])
+
+
+def test_the_merged_model_in_bf16_serves_a_pipeline_like_the_fp32_one(bert_dir):
+    """Inference in bf16: merge, cast the plain model, hand it to `pipeline`; scores within ATOL[bf16] of fp32's."""
+    from transformers import AutoTokenizer, pipeline
+
+    from tiny_backbones import randomize_adapters
+
+    torch.manual_seed(0)
+    model = LoraForSequenceClassification.from_base_model(bert_dir, num_labels=2)
+    randomize_adapters(model)
+    merged = model.eval().merge_and_unload()
+    tokenizer = AutoTokenizer.from_pretrained(bert_dir)
+    texts = ["the film was good", "a dull and boring plot", "great acting"]
+    fp32 = pipeline("text-classification", model=merged, tokenizer=tokenizer, top_k=None)(texts)
+    bf16_model = merged.to(torch.bfloat16)
+    assert {p.dtype for p in bf16_model.parameters()} == {torch.bfloat16}
+    bf16 = pipeline("text-classification", model=bf16_model, tokenizer=tokenizer, top_k=None)(texts)
+    for got, expected in zip(bf16, fp32):
+        scores = {d["label"]: d["score"] for d in got}
+        assert scores.keys() == {d["label"] for d in expected}
+        for d in expected:
+            assert abs(scores[d["label"]] - d["score"]) < ATOL[torch.bfloat16], (got, expected)
