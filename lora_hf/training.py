@@ -502,7 +502,8 @@ def _announce_precision(args: TrainingArguments) -> dict:
     reason = getattr(args, "precision_reason", None) or "as the TrainingArguments given say"
     what = "fp32" if precision == "fp32" else f"{precision} autocast (weights, adapters and optimizer states in fp32)"
     other = "`--bf16 false` trains in fp32" if precision != "fp32" else "`--bf16` trains under bf16 autocast"
-    print(f"Precision: {what}, because {reason}; {other}.", flush=True)
+    if args.should_log:  # once, not once per DDP process
+        print(f"Precision: {what}, because {reason}; {other}.", flush=True)
     return {"precision": precision, "reason": reason}
 
 
