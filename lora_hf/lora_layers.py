@@ -147,19 +147,21 @@ class LoraLinear(_LoraLayer):
         x = x.reshape(-1, self.in_features)  # (N, in)
         if self.merged:
             return _base_linear(x, self.weight, self.bias, self.fan_in_fan_out).view(out_shape)
-        lora_x = F.dropout(x, self.lora_dropout, True) if self.lora_dropout > 0.0 and self.training else x
+        weight, bias, lora_A, lora_B = self.weight, self.bias, self.lora_A, self.lora_B
         if torch.is_autocast_enabled(x.device.type):
-            # Autocast casts the inputs of out-of-place ops only, so stay out of place here.
-            base = _base_linear(x, self.weight, self.bias, self.fan_in_fan_out)
-            result = torch.addmm(base, lora_x @ self.lora_A.T, self.lora_B.T, alpha=self.scaling)
-        elif torch.is_grad_enabled():
-            result = _LoraLinearFunction.apply(
-                x, lora_x, self.weight, self.bias, self.lora_A, self.lora_B, self.scaling, self.fan_in_fan_out
-            )
+            # Autocast casts the inputs of the ops it knows (linear, addmm) but not of an in-place addmm_
+            # or a custom Function: cast them here as it would, once, and the in-place paths below run in
+            # that dtype. The casts' own backward returns the adapters' gradients in fp32 (master weights).
+            dtype = torch.get_autocast_dtype(x.device.type)
+            x, weight, lora_A, lora_B = x.to(dtype), weight.to(dtype), lora_A.to(dtype), lora_B.to(dtype)
+            bias = bias.to(dtype) if bias is not None else None
+        lora_x = F.dropout(x, self.lora_dropout, True) if self.lora_dropout > 0.0 and self.training else x
+        if torch.is_grad_enabled():
+            result = _LoraLinearFunction.apply(x, lora_x, weight, bias, lora_A, lora_B, self.scaling, self.fan_in_fan_out)
         else:
             # Inference: accumulate scale * (xA^T)B^T into the base output in place, no extra pass over (N, out).
-            result = _base_linear(x, self.weight, self.bias, self.fan_in_fan_out)
-            result.addmm_(lora_x @ self.lora_A.T, self.lora_B.T, alpha=self.scaling)
+            result = _base_linear(x, weight, bias, self.fan_in_fan_out)
+            result.addmm_(lora_x @ lora_A.T, lora_B.T, alpha=self.scaling)
         return result.view(out_shape)
 
     def extra_repr(self) -> str:

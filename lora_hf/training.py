@@ -66,6 +66,7 @@ from .modeling_lora import (
     LoraPreTrainedModel,
     check_base_weights,
 )
+from .precision import choose_precision
 
 logger = logging.get_logger(__name__)
 
@@ -183,6 +184,10 @@ class LoraTrainingArguments(TrainingArguments):
     do_train: bool = field(default=True, metadata={"help": "Always true: lora-hf train trains (`false` is refused)."})
     do_eval: bool = field(default=True, metadata={"help": "Evaluate on the validation split (and held-out pretrain text); false: no evaluation."})
     do_predict: bool = field(default=False, metadata={"help": f"Write the test split's predicted labels to {PREDICTIONS_NAME}."})
+    # None: chosen from the hardware by lora_hf/precision.py (parse_args keeps a bare `--bf16` meaning true).
+    bf16: bool | None = field(default=None, metadata={"help": (
+        "bf16 autocast (weights, adapters and optimizer states stay fp32). Default: on where the CPU reports "
+        "amx_bf16/avx512_bf16 or the GPU supports bf16; `--bf16 false` forces fp32.")})
 
     def __post_init__(self):
         # TrainingArguments would fall back to ./trainer_output: a forgotten flag must not start a long run there.
@@ -197,6 +202,10 @@ class LoraTrainingArguments(TrainingArguments):
             if self.load_best_model_at_end:
                 raise DataError("`--load_best_model_at_end` needs evaluation; it cannot go with `--do_eval false`.")
             self.eval_strategy = "no"
+        self.precision, self.precision_reason = choose_precision(self.bf16, self.fp16, self.use_cpu)
+        self.bf16 = self.precision == "bf16"
+        if self.bf16 and not torch.cuda.is_available():
+            self.use_cpu = True  # TrainingArguments refuses bf16 without a GPU unless told the run is on the CPU
         super().__post_init__()
 
 
@@ -650,6 +659,7 @@ def run_two_phase(
         raise DataError("`--output_dir` is required.")
     out = _check_output_dir(model_args, training_args)
     _check_integrations(training_args)
+    precision = _announce_precision(training_args)
     if model_args.skip_pretrain and model_args.skip_finetune:
         raise DataError("`--skip_pretrain` and `--skip_finetune` together leave nothing to run.")
     full = model_args.full_finetune
@@ -698,7 +708,7 @@ def run_two_phase(
             TASK_CLASSES[task]._check_targets_on_meta(probe)
     _check_predict(training_args, task_data, task, data_args)
 
-    results = {"base_model": base, "task": task, "full_finetune": full}
+    results = {"base_model": base, "task": task, "full_finetune": full, "precision": precision}
     if task is not None:
         results["columns"] = {"text": data_args.text_column, "text_pair": data_args.text_pair_column,
                               "label": None if task == "causal-lm" else data_args.label_column}
@@ -757,6 +767,17 @@ def run_two_phase(
             print(f"Pushed {out} to {getattr(info, 'commit_url', _hub_repo_id(training_args))}")
     _print_table(results, out if training_args.should_save else None)
     return results
+
+
+def _announce_precision(args: TrainingArguments) -> dict:
+    """Say which precision the run trains in and why (LoraTrainingArguments chose it; a plain TrainingArguments says it)."""
+    precision = getattr(args, "precision", None) or ("bf16" if args.bf16 else "fp16" if args.fp16 else "fp32")
+    reason = getattr(args, "precision_reason", None) or "as the TrainingArguments given say"
+    what = "fp32" if precision == "fp32" else f"{precision} autocast (weights, adapters and optimizer states in fp32)"
+    other = "`--bf16 false` trains in fp32" if precision != "fp32" else "`--bf16` trains under bf16 autocast"
+    if args.should_log:  # once, not once per DDP process
+        print(f"Precision: {what}, because {reason}; {other}.", flush=True)
+    return {"precision": precision, "reason": reason}
 
 
 def _recorded_hyperparameters(phase, full, lora_kwargs, data_args, training_args, phase_args, pretrain_texts) -> dict:
@@ -1105,6 +1126,8 @@ def _usage_lines(out: Path, results: dict) -> list:
 def parse_args(argv: list | None = None) -> tuple:
     """Parse command-line flags, or one JSON/YAML file holding them."""
     parser = HfArgumentParser((ModelArguments, LoraArguments, DataArguments, LoraTrainingArguments, PhaseArguments))
+    bf16 = parser._option_string_actions["--bf16"]  # an optional bool wants a value; a bare `--bf16` means true
+    bf16.nargs, bf16.const = "?", True
     argv = list(sys.argv[1:] if argv is None else argv)
     if len(argv) == 1 and argv[0].endswith(".json"):
         return parser.parse_json_file(argv[0])

@@ -13,8 +13,9 @@ import sys
 from pathlib import Path
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "benchmark.py"
-TRAIN_SYSTEMS = {"lora_hf", "peft", "lora_hf_dropout", "peft_dropout", "full_ft", "floor"}
-INFERENCE_SYSTEMS = {"lora_hf_unmerged", "lora_hf_merged", "peft_unmerged", "base"}
+PRECISION_SYSTEMS = {f"{s}_{p}" for s in ("lora_hf", "peft", "floor") for p in ("bf16", "bf16base")}
+TRAIN_SYSTEMS = {"lora_hf", "peft", "lora_hf_dropout", "peft_dropout", "full_ft", "floor"} | PRECISION_SYSTEMS
+INFERENCE_SYSTEMS = {"lora_hf_unmerged", "lora_hf_merged", "peft_unmerged", "base", "lora_hf_merged_bf16", "lora_hf_merged_bf16weights"}
 LOAD_SYSTEMS = {"lora_hf_adapter", "peft_adapter", "base"}
 CHECKPOINTS = {"lora_hf_adapter", "lora_hf_full", "peft_adapter", "full_ft"}
 RATIOS = {
@@ -28,6 +29,11 @@ RATIOS = {
     "peak memory lora_hf / peft (dropout p)",
     "checkpoint adapter / full",
     "load adapter / base alone",
+    "step lora_hf bf16 / peft fp32",
+    "step lora_hf bf16 / floor bf16",
+    "step lora_hf bf16base / floor bf16base",
+    "inference merged bf16 autocast / base fp32",
+    "inference merged bf16 weights / base fp32",
 }
 
 
@@ -60,6 +66,13 @@ def test_quick_benchmark_reports_every_system_and_figure(tmp_path):
         for t in b["inference"].values():
             _timing(t["latency_s"])
         assert b["merged_max_abs_diff"] < 1e-4
+        # bf16 rounds each matmul input to an 8-bit mantissa: close to the fp32 merged logits, not equal
+        for key in ("merged_bf16_autocast_max_abs_diff", "merged_bf16_weights_max_abs_diff"):
+            assert 0 < b[key] < 0.1, (key, b[key])
+        # the precision systems are the same model at step 0, up to bf16 rounding
+        for system in PRECISION_SYSTEMS:
+            assert abs(b["train"][system]["first_loss"] - b["train"][system.split("_bf16")[0]]["first_loss"]) < 0.05, system
+        assert b["train"]["lora_hf_bf16base"]["trainable_params"] == b["train"]["lora_hf"]["trainable_params"]
         assert set(b["checkpoint"]) == CHECKPOINTS
         assert b["checkpoint"]["lora_hf_adapter"]["weights_bytes"] < b["checkpoint"]["lora_hf_full"]["weights_bytes"]
         assert set(b["load"]) == LOAD_SYSTEMS
@@ -67,6 +80,15 @@ def test_quick_benchmark_reports_every_system_and_figure(tmp_path):
         for label, r in b["ratios"].items():
             assert all(math.isfinite(r[k]) and r[k] > 0 for k in ("median", "min", "max")), label
             assert r["met"] in (True, False, None), label
+    e2e = report["end_to_end"]
+    assert e2e["steps"] == 3 and set(e2e["runs"]) == {"lora_hf_default", "peft_trainer_defaults"}
+    for runs in e2e["runs"].values():
+        assert len(runs) == 1 and all(r["train_runtime_s"] > 0 and r["samples_per_s"] > 0 and r["peak_bytes"] > 0 for r in runs)
+    assert {r["precision"] for r in e2e["runs"]["peft_trainer_defaults"]} == {"fp32"}
+    assert {r["precision"] for r in e2e["runs"]["lora_hf_default"]} <= {"bf16", "fp32"}  # whatever this machine's default is
+    for label, r in e2e["ratios"].items():
+        assert all(math.isfinite(r[k]) and r[k] > 0 for k in ("median", "min", "max")), label
     markdown = (tmp_path / "benchmark.md").read_text()
+    assert "End to end" in markdown and "step lora_hf bf16 / peft fp32" in markdown
     assert "step lora_hf / peft (dropout 0)" in markdown and "tiny-gpt2" in markdown
     assert (tmp_path / "ratios.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
