@@ -456,7 +456,7 @@ def end_to_end_worker(system: str, spec: dict, args: BenchmarkArguments, out_dir
             argv += ["--model_name_or_path", spec["base"], "--train_file", files, "--validation_file", files, "--test_file", files]
         if train_main(argv) != 0:
             raise RuntimeError(f"lora-hf train {' '.join(argv)} failed")
-        results = json.loads((Path(out_dir) / "all_results.json").read_text())
+        results = json.loads((Path(out_dir) / "run_record.json").read_text())  # the structured record
         metrics, precision = results["finetune"], results["precision"]["precision"]
     else:
         metrics, precision = _peft_trainer_defaults(spec, args, out_dir), "fp32"

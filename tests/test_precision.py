@@ -91,7 +91,7 @@ def test_training_runs_under_the_chosen_precision_with_fp32_master_weights(bert_
     assert {s[1:] for s in seen} == {(torch.float32, torch.float32)}
     printed = capsys.readouterr().out
     assert ("Precision: bf16 autocast" if bf16 else "Precision: fp32") in printed
-    results = json.loads((out / "all_results.json").read_text())
+    results = json.loads((out / "run_record.json").read_text())
     assert results["precision"]["precision"] == ("bf16" if bf16 else "fp32")
     saved = load_file(out / "model.safetensors")
     assert saved and {t.dtype for t in saved.values()} == {torch.float32}
