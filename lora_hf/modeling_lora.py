@@ -454,6 +454,7 @@ class LoraPreTrainedModel(PreTrainedModel):
             key = f"{_unwrapped_name(name)}.weight"
             if layer.merged and key in tensors and full_state[key].data_ptr() == layer.weight.data_ptr():
                 tensors[key] = (layer.weight.float() - layer._delta_fp32()).to(layer.weight.dtype).detach()
+        tensors = _to_checkpoint_keys(self, tensors)
         metadata = {"format": "pt", "lora_hf_format": "full" if save_base else "adapter", "base_prefix": self._base_prefix(),
                     "architecture": self._model_class().__name__}
         if new_rows:
@@ -838,6 +839,7 @@ class LoraPreTrainedModel(PreTrainedModel):
         # A file rewritten by another tool loses its metadata: read its keys as this class's own.
         saved_prefix = metadata.get("base_prefix", own_prefix)
         own = self.state_dict(keep_vars=True)
+        state = _from_checkpoint_keys(self, state)
         own_class = self._model_class().__name__
         saved_class = metadata.get("architecture") or (self.config.architectures or [own_class])[0]
         head_switch = saved_class != own_class
@@ -1131,6 +1133,33 @@ _AUTO_CLASSES = {
 # Wrappers that put themselves into parameter names (FSDP1 units, activation checkpointing). Their state
 # dicts leave them out, and so do the names lora_hf groups, saves and loads.
 _WRAPPER_NAMES = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.")
+
+
+def _key_conversions(model: nn.Module) -> dict:
+    """`{live key: checkpoint key}` for the keys transformers renames when it saves the backbone (GPT-NeoX's `lm_head`
+    is `embed_out` in its checkpoints); saves use the checkpoint names, as `PreTrainedModel.save_pretrained` does."""
+    try:
+        from transformers.core_model_loading import revert_weight_conversion
+    except ImportError:  # a transformers without key conversions: the live names are the checkpoint names
+        return {}
+    live = {k: torch.empty(0) for k in model.state_dict(keep_vars=True)}  # one distinct object per key
+    by_object = {id(t): k for k, t in live.items()}
+    try:
+        saved = revert_weight_conversion(model, dict(live))
+    except (RuntimeError, ValueError):  # a conversion that splits or merges tensors (experts) needs their values
+        return {}
+    return {by_object[id(t)]: k for k, t in saved.items() if id(t) in by_object and by_object[id(t)] != k}
+
+
+def _to_checkpoint_keys(model: nn.Module, tensors: dict) -> dict:
+    renames = _key_conversions(model)
+    return {renames.get(k, k): v for k, v in tensors.items()}
+
+
+def _from_checkpoint_keys(model: nn.Module, state: dict) -> dict:
+    """Saved keys to live ones; files saved with the live names (lora_hf 0.1.0) load unchanged."""
+    back = {saved: live for live, saved in _key_conversions(model).items()}
+    return {back.get(k, k): v for k, v in state.items()}
 
 
 def _module_roots(keys: list) -> list:

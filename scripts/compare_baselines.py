@@ -44,13 +44,15 @@ def measure(out: Path, flags: list) -> dict:
         "train_minutes": seconds / 60,
         "command_minutes": results["wall_seconds"] / 60 if "wall_seconds" in results else float("nan"),
         "checkpoint_mb": (out / "model.safetensors").stat().st_size / 1e6,
+        "precision": (results.get("precision") or {}).get("precision", "fp32"),  # runs before the bf16 default: fp32
     }
 
 
 def table(rows: dict, command: str) -> str:
     lines = [
         f"Measured with `{command}` on {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-        f"torch {torch.__version__}, transformers {transformers.__version__}; seed 42, 3 finetune epochs.",
+        f"torch {torch.__version__}, transformers {transformers.__version__}; seed 42, 3 finetune epochs, "
+        f"precision {', '.join(sorted({r['precision'] for r in rows.values()}))} (chosen from the hardware unless a flag says).",
         "",
         "| system | test accuracy | validation accuracy | trainable (finetune) | train time | whole command | checkpoint |",
         "|---|---:|---:|---:|---:|---:|---:|",

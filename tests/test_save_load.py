@@ -12,7 +12,7 @@ from transformers import AutoModel, AutoModelForMaskedLM, AutoModelForSequenceCl
 
 from lora_hf import LoraForMaskedLM, LoraForSequenceClassification, LoraModel
 from lora_hf.lora_layers import lora_layers
-from tiny_backbones import ATOL, BACKBONES, inputs, minilm_path, randomize_adapters, read_json, run_without_lora_hf, task_classes, tiny_config
+from tiny_backbones import ATOL, BACKBONES, CHECKPOINT_NAMES, inputs, minilm_path, randomize_adapters, read_json, run_without_lora_hf, task_classes, tiny_config
 
 CODE_FILES = ["configuration_lora.py", "lora_layers.py", "modeling_lora.py"]
 
@@ -46,7 +46,9 @@ def test_adapter_save_holds_only_non_base_tensors_and_auto_reload_is_identical(t
     assert config["auto_map"][auto.__name__] == f"modeling_lora.{lora_class.__name__}"
     head = {n for n, p in model.named_parameters() if p.requires_grad and "lora_" not in n}
     lora = {n for n, _ in model.named_parameters() if "lora_" in n}
-    assert lora and saved_keys(tmp_path) == lora | head  # head: empty for GPT-2, whose LM head is the tied wte
+    # Saved under the names the backbone's own checkpoints use (GPT-NeoX's LM head is `embed_out` there).
+    expected = {CHECKPOINT_NAMES.get(name, {}).get(k, k) for k in lora | head}
+    assert lora and saved_keys(tmp_path) == expected  # head: empty for GPT-2, whose LM head is the tied wte
     reloaded = auto.from_pretrained(tmp_path)
     assert type(reloaded) is lora_class
     assert reloaded.name_or_path == str(tmp_path)  # as transformers records it; cards and push read it
@@ -186,3 +188,24 @@ def test_real_minilm_steps_from_its_base_and_its_adapter_file_is_under_1_mb(tmp_
     assert (tmp_path / "model.safetensors").stat().st_size < 1_000_000
     reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_path)
     assert torch.equal(reloaded(x).logits, model(x).logits)
+
+
+def test_gpt_neox_saves_its_lm_head_under_the_checkpoint_name_and_live_names_still_load(tiny_bases, tmp_path):
+    """transformers saves GPT-NeoX's `lm_head` as `embed_out` (its conversion mapping); lora_hf does the same, and a
+    file with the live name (as lora_hf 0.1.0 wrote it) loads to the same model."""
+    from safetensors.torch import load_file, save_file
+
+    auto, lora_class = task_classes("gpt_neox")
+    model = trained(lora_class.from_base_model(tiny_bases["gpt_neox"], r=4))
+    model.save_pretrained(tmp_path / "new")
+    keys = saved_keys(tmp_path / "new")
+    assert "backbone.embed_out.weight" in keys and "backbone.lm_head.weight" not in keys
+    shutil.copytree(tmp_path / "new", tmp_path / "old")
+    with safe_open(tmp_path / "new" / "model.safetensors", "pt") as f:
+        metadata = f.metadata()
+    tensors = load_file(tmp_path / "new" / "model.safetensors")
+    tensors["backbone.lm_head.weight"] = tensors.pop("backbone.embed_out.weight")
+    save_file(tensors, tmp_path / "old" / "model.safetensors", metadata=metadata)
+    x = inputs()
+    for directory in ("new", "old"):
+        assert torch.equal(auto.from_pretrained(tmp_path / directory)(x).logits, model(x).logits), directory

@@ -42,16 +42,6 @@ SKIPPED = {
     "test_retain_grad_hidden_states_attentions": "retains the gradient of the embedding output, which has none: the "
     "embeddings are frozen (only LoRA and the head train), so the first hidden state does not require grad",
 }
-# Per backbone: tests that apply to one backbone only.
-SKIPPED_FOR = {
-    "gpt_neox": {
-        "test_reverse_loading_mapping": "checks that save_pretrained writes GPT-NeoX's legacy key names (lm_head as "
-        "embed_out) for old transformers checkpoints; lora_hf's safetensors keep the live model's keys, and base "
-        "checkpoints in either naming load through the backbone's own from_pretrained",
-    },
-}
-
-
 # transformers' tests tell a base model from a head, and pick each head's labels, by looking the class name up in
 # the `*_MAPPING_NAMES` tables of its own models. `import lora_hf` registers the classes with the Auto classes,
 # which leaves those tables alone: list them there while the tests run, as each transformers model is.
@@ -141,7 +131,7 @@ def _conformance_class(backbone: str):
         "test_config": test_config,
         "__module__": __name__,
     }
-    for name, reason in {**SKIPPED, **SKIPPED_FOR.get(backbone, {})}.items():
+    for name, reason in SKIPPED.items():
         namespace[name] = unittest.skip(reason)(lambda self: None)
     name = f"Lora{''.join(part.capitalize() for part in backbone.split('_'))}ConformanceTest"
     return type(name, bases, namespace)

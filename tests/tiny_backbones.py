@@ -62,6 +62,9 @@ AUTO_TARGETS = {
     "gpt_neox": ["attention.dense", "attention.query_key_value"],
     "llama": ["self_attn.k_proj", "self_attn.o_proj", "self_attn.q_proj", "self_attn.v_proj"],
 }
+# Keys whose name in the backbone's checkpoints differs from the live module's (transformers' conversion mapping):
+# lora_hf saves under the checkpoint name, as `PreTrainedModel.save_pretrained` does.
+CHECKPOINT_NAMES = {"gpt_neox": {"backbone.lm_head.weight": "backbone.embed_out.weight"}}
 # The class of the LoRA layer's wrapped module in each backbone (GPT-2 uses the transposed Conv1D).
 ATTENTION_LAYER_CLASS = {name: "Conv1D" if name == "gpt2" else "Linear" for name in BACKBONES}
 
