@@ -839,7 +839,7 @@ class LoraPreTrainedModel(PreTrainedModel):
         # A file rewritten by another tool loses its metadata: read its keys as this class's own.
         saved_prefix = metadata.get("base_prefix", own_prefix)
         own = self.state_dict(keep_vars=True)
-        state = _from_checkpoint_keys(self, state)
+        state = _from_checkpoint_keys(self, state, own)
         own_class = self._model_class().__name__
         saved_class = metadata.get("architecture") or (self.config.architectures or [own_class])[0]
         head_switch = saved_class != own_class
@@ -1135,14 +1135,15 @@ _AUTO_CLASSES = {
 _WRAPPER_NAMES = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.")
 
 
-def _key_conversions(model: nn.Module) -> dict:
-    """`{live key: checkpoint key}` for the keys transformers renames when it saves the backbone (GPT-NeoX's `lm_head`
-    is `embed_out` in its checkpoints); saves use the checkpoint names, as `PreTrainedModel.save_pretrained` does."""
+def _key_conversions(model: nn.Module, keys) -> dict:
+    """`{live key: checkpoint key}` for the `keys` transformers renames when it saves the backbone (GPT-NeoX's `lm_head`
+    is `embed_out` in its checkpoints); saves use the checkpoint names, as `PreTrainedModel.save_pretrained` does.
+    Reads module classes only, never the state dict: under FSDP that is a collective, and saves write on one rank."""
     try:
         from transformers.core_model_loading import revert_weight_conversion
     except ImportError:  # a transformers without key conversions: the live names are the checkpoint names
         return {}
-    live = {k: torch.empty(0) for k in model.state_dict(keep_vars=True)}  # one distinct object per key
+    live = {k: torch.empty(0) for k in keys}  # one distinct object per key, to follow each through the renaming
     by_object = {id(t): k for k, t in live.items()}
     try:
         saved = revert_weight_conversion(model, dict(live))
@@ -1152,13 +1153,13 @@ def _key_conversions(model: nn.Module) -> dict:
 
 
 def _to_checkpoint_keys(model: nn.Module, tensors: dict) -> dict:
-    renames = _key_conversions(model)
+    renames = _key_conversions(model, tensors)
     return {renames.get(k, k): v for k, v in tensors.items()}
 
 
-def _from_checkpoint_keys(model: nn.Module, state: dict) -> dict:
+def _from_checkpoint_keys(model: nn.Module, state: dict, own_keys) -> dict:
     """Saved keys to live ones; files saved with the live names (lora_hf 0.1.0) load unchanged."""
-    back = {saved: live for live, saved in _key_conversions(model).items()}
+    back = {saved: live for live, saved in _key_conversions(model, own_keys).items()}
     return {back.get(k, k): v for k, v in state.items()}
 
 
