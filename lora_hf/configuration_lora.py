@@ -19,9 +19,9 @@ INIT_CHOICES = ("kaiming", "gaussian")
 DEFAULT_PHASE_TRAINABLE = {"pretrain": ["lora", "embeddings"], "finetune": ["lora", "head"]}
 # Fields every config has that the backbone reads from its own config: set on a LoraConfig, they are set on the
 # backbone's config too, so the two never disagree (`config.output_hidden_states = True` reaches the model).
-SHARED_FIELDS = ("id2label", "label2id", "problem_type", "output_hidden_states", "output_attentions", "return_dict",
-                 "chunk_size_feed_forward")
 _LABEL_FIELDS = ("id2label", "label2id", "problem_type")
+_FLAG_DEFAULTS = {"output_hidden_states": False, "output_attentions": False, "return_dict": True, "chunk_size_feed_forward": 0}
+SHARED_FIELDS = _LABEL_FIELDS + tuple(_FLAG_DEFAULTS)
 
 
 class LoraConfig(PretrainedConfig):
@@ -80,7 +80,7 @@ class LoraConfig(PretrainedConfig):
         self.backbone_config = _backbone_from_dict(self.backbone_config)
         _check_labels(self.id2label, kwargs.get("num_labels"))
         labels_given = self.id2label is not None or kwargs.get("num_labels") is not None or self.problem_type is not None
-        flags_given = {name for name in SHARED_FIELDS[3:] if name in kwargs or self.__dict__.get(name, _FLAG_DEFAULTS[name]) != _FLAG_DEFAULTS[name]}
+        flags_given = {name for name in _FLAG_DEFAULTS if name in kwargs or self.__dict__.get(name, _FLAG_DEFAULTS[name]) != _FLAG_DEFAULTS[name]}
         try:
             super().__post_init__(**kwargs)
         except ValueError:
@@ -236,7 +236,6 @@ class LoraConfig(PretrainedConfig):
         return output
 
 
-_FLAG_DEFAULTS = {"output_hidden_states": False, "output_attentions": False, "return_dict": True, "chunk_size_feed_forward": 0}
 
 
 def _backbone_from_dict(backbone: Any) -> Any:

@@ -525,16 +525,12 @@ class LoraPreTrainedModel(PreTrainedModel):
         )
         cls._check_targets_on_meta(config)
         check_base_weights(base_model_name_or_path, hub_kwargs.get("subfolder") or "")
-        verbosity = logging.get_verbosity()
-        try:
-            # transformers' load report (a table of MISSING keys, "this checkpoint seem corrupted") reads as an
-            # error for what is a plain fact here: the base lacks a head, which is created below. One line says so.
-            logging.set_verbosity_error()
+        # transformers' load report (a table of MISSING keys, "this checkpoint seem corrupted") reads as an
+        # error for what is a plain fact here: the base lacks a head, which is created below. One line says so.
+        with _transformers_quiet():
             backbone, info = cls.backbone_auto_class.from_pretrained(
                 base_model_name_or_path, config=backbone_config, output_loading_info=True, use_safetensors=True, **hub_kwargs, **load_kwargs
             )
-        finally:
-            logging.set_verbosity(verbosity)
         model = cls(config, backbone=backbone)
         model._set_newly_initialized(info)
         if model.newly_initialized_keys:
@@ -770,29 +766,26 @@ class LoraPreTrainedModel(PreTrainedModel):
             extra["dtype"] = dtype
         if device_map is not None:
             extra["device_map"] = device_map
-        verbosity = logging.get_verbosity()
-        try:
-            # The head and other tensors the base lacks come from our file: the base's load report
-            # ("newly initialized") would be wrong, so keep it quiet.
-            logging.set_verbosity_error()
-            check_base_weights(base)
-            backbone, info = cls.backbone_auto_class.from_pretrained(
-                base, config=base_config, output_loading_info=True, ignore_mismatched_sizes=ignore_mismatched_sizes,
-                use_safetensors=True, **extra, **_base_hub_kwargs(hub_kwargs),
-            )
-        except OSError as err:
-            raise OSError(
-                f"Could not load the base model {base!r} that the adapters in {str(path)!r} "
-                f"were trained on ({err}). Point to a local copy with `base_model_name_or_path=\"/path/to/base\"`."
-            ) from None
-        except RuntimeError as err:  # transformers refuses base tensors whose shapes differ from the saved backbone config
-            raise ValueError(
-                f"The base model {base!r} does not fit the adapters in {str(path)!r}: its tensor "
-                f"shapes differ from those of the base they were trained on{_size_differences(base, base_config, hub_kwargs)} "
-                f"({str(err).splitlines()[0]}). Load the base they were trained on; `ignore_base_mismatch` cannot bridge shapes."
-            ) from None
-        finally:
-            logging.set_verbosity(verbosity)
+        # The head and other tensors the base lacks come from our file: the base's load report
+        # ("newly initialized") would be wrong, so keep it quiet.
+        with _transformers_quiet():
+            try:
+                check_base_weights(base)
+                backbone, info = cls.backbone_auto_class.from_pretrained(
+                    base, config=base_config, output_loading_info=True, ignore_mismatched_sizes=ignore_mismatched_sizes,
+                    use_safetensors=True, **extra, **_base_hub_kwargs(hub_kwargs),
+                )
+            except OSError as err:
+                raise OSError(
+                    f"Could not load the base model {base!r} that the adapters in {str(path)!r} "
+                    f"were trained on ({err}). Point to a local copy with `base_model_name_or_path=\"/path/to/base\"`."
+                ) from None
+            except RuntimeError as err:  # transformers refuses base tensors whose shapes differ from the saved backbone config
+                raise ValueError(
+                    f"The base model {base!r} does not fit the adapters in {str(path)!r}: its tensor "
+                    f"shapes differ from those of the base they were trained on{_size_differences(base, base_config, hub_kwargs)} "
+                    f"({str(err).splitlines()[0]}). Load the base they were trained on; `ignore_base_mismatch` cannot bridge shapes."
+                ) from None
         model = cls(config, backbone=backbone)
         model._set_newly_initialized(info)
         if base_model_name_or_path:
@@ -1133,6 +1126,17 @@ _AUTO_CLASSES = {
 # Wrappers that put themselves into parameter names (FSDP1 units, activation checkpointing). Their state
 # dicts leave them out, and so do the names lora_hf groups, saves and loads.
 _WRAPPER_NAMES = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.")
+
+
+@contextlib.contextmanager
+def _transformers_quiet():
+    """transformers' logging at ERROR for the block, restored after (errors still show)."""
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(verbosity)
 
 
 def _key_conversions(model: nn.Module, keys) -> dict:

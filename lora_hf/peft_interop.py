@@ -471,7 +471,7 @@ def export_main(argv: list | None = None) -> int:
         print(f"Wrote the PEFT adapter to {out}")
         labels = peft_label_kwargs(out)
         if labels:
-            auto = type(model).__name__.replace("LoraFor", "AutoModelFor")
+            auto = type(model).backbone_auto_class.__name__  # the head's Auto class, declared on it
             print(f"transformers loads it with its {len(labels['id2label'])} labels: "
                   f"{auto}.from_pretrained({str(out)!r}, **lora_hf.peft_interop.peft_label_kwargs({str(out)!r}))")
 

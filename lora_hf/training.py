@@ -639,9 +639,7 @@ def _atomic_text(path: Path, text: str) -> None:
 
 
 def _write_json(path: Path, payload: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str))
-    os.replace(tmp, path)
+    _atomic_text(path, json.dumps(payload, indent=2, sort_keys=True, default=str))
 
 
 def run_two_phase(

@@ -566,6 +566,15 @@ def ratios_for(bb: Backbone, train_times: dict, infer_times: dict, load_times: d
     }
 
 
+def ratio_table(title: str, ratios: dict) -> list:
+    """Markdown rows for paired ratios: median, spread, target and whether it was met."""
+    lines = ["", f"| {title} | median | min–max | target | met |", "|---|---:|---:|---|---|"]
+    for label, r in ratios.items():
+        met = {True: "yes", False: "**no**", None: ""}[r["met"]]
+        lines.append(f"| {label} | {r['median']:.3f} | {r['min']:.3f}–{r['max']:.3f} | {fmt_target(r)} | {met} |")
+    return lines
+
+
 def fmt_target(r: dict) -> str:
     if r["target"] is None:
         return "(reported)"
@@ -596,10 +605,7 @@ def markdown(report: dict) -> str:
             mem, above = b["memory"][system]["peak_bytes"] / 2**20, b["memory"][system]["training_bytes"] / 2**20
             lines.append(f"| {system} | {s['median'] * 1e3:.1f} ms ({s['min'] * 1e3:.1f}–{s['max'] * 1e3:.1f}) | "
                          f"{t['tokens_per_s']:,.0f} | {mem:,.0f} MiB ({above:,.0f}) | {t['trainable_params']:,d} ({100 * t['trainable_params'] / t['total_params']:.2f}%) |")
-        lines += ["", "| ratio (same run) | median | min–max | target | met |", "|---|---:|---:|---|---|"]
-        for label, r in b["ratios"].items():
-            met = {True: "yes", False: "**no**", None: ""}[r["met"]]
-            lines.append(f"| {label} | {r['median']:.3f} | {r['min']:.3f}–{r['max']:.3f} | {fmt_target(r)} | {met} |")
+        lines += ratio_table("ratio (same run)", b["ratios"])
         inf = ", ".join(f"{k} {v['latency_s']['median'] * 1e3:.1f} ms" for k, v in b["inference"].items())
         load = ", ".join(f"{k} {v['load_s']['median']:.2f} s" for k, v in b["load"].items())
         ckpt = ", ".join(f"{k} {v['weights_bytes'] / 2**20:,.2f} MiB" for k, v in b["checkpoint"].items())
@@ -616,10 +622,7 @@ def markdown(report: dict) -> str:
             for i, r in enumerate(runs):
                 lines.append(f"| {name} #{i} | {r['precision']} | {r['train_runtime_s']:.1f} | {r['samples_per_s']:.1f} | "
                              f"{r['process_wall_s']:.1f} | {r['peak_bytes'] / 2**20:,.0f} MiB |")
-        lines += ["", "| ratio (paired runs) | median | min–max | target | met |", "|---|---:|---:|---|---|"]
-        for label, r in e2e["ratios"].items():
-            met = {True: "yes", False: "**no**", None: ""}[r["met"]]
-            lines.append(f"| {label} | {r['median']:.3f} | {r['min']:.3f}–{r['max']:.3f} | {fmt_target(r)} | {met} |")
+        lines += ratio_table("ratio (paired runs)", e2e["ratios"])
     return "\n".join(lines) + "\n"
 
 
