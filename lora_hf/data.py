@@ -48,6 +48,9 @@ class DataArguments:
     max_eval_samples: int | None = field(default=None, metadata={"help": "Use at most this many validation/test rows."})
     max_pretrain_samples: int | None = field(default=None, metadata={"help": "Use at most this many pretrain texts."})
     mlm_probability: float = field(default=0.15, metadata={"help": "Masking rate of the masked-LM pretrain phase."})
+    pretrain_on_task_text: bool = field(default=False, metadata={"help": (
+        "Phase 1 reads the finetune training texts (labels dropped) instead of the pretrain data; with the default "
+        "data: the movie snippets alone, not the other VADER corpora.")})
 
     def __post_init__(self):
         if self.task not in TASKS:
@@ -62,6 +65,9 @@ class DataArguments:
             _check_file(path, "--pretrain_files")
         if self.dataset_name and self.train_file:
             raise DataError("Pass either `--dataset_name` or `--train_file`, not both.")
+        if self.pretrain_on_task_text and (self.pretrain_dataset_name or self.pretrain_files):
+            given = "--pretrain_dataset_name" if self.pretrain_dataset_name else "--pretrain_files"
+            raise DataError(f"`--pretrain_on_task_text` reads the task's training texts; it cannot be combined with `{given}`.")
 
     @property
     def uses_default_data(self) -> bool:
@@ -70,7 +76,8 @@ class DataArguments:
     def describe(self) -> dict:
         """What each phase reads, in words (the bare Hub id where there is one): recorded for the model card."""
         if self.uses_default_data:
-            return {"pretrain": VADER_PRETRAIN_TEXT, "finetune": VADER_TASK_TEXT}
+            pretrain = VADER_TASK_PRETRAIN_TEXT if self.pretrain_on_task_text else VADER_PRETRAIN_TEXT
+            return {"pretrain": pretrain, "finetune": VADER_TASK_TEXT}
         finetune = self.dataset_name or (Path(self.train_file).name if self.train_file else None)
         pretrain = self.pretrain_dataset_name or ", ".join(Path(p).name for p in self.pretrain_files or [])
         if not pretrain and finetune:
@@ -92,6 +99,7 @@ def _check_file(path: str | None, flag: str) -> None:
 
 # ----- the VADER default -------------------------------------------------------------------
 VADER_TASK_TEXT = "VADER movie-review snippets (Hutto & Gilbert 2014), binary sentiment, split by id"
+VADER_TASK_PRETRAIN_TEXT = "VADER movie-review snippets of the training split (Hutto & Gilbert 2014), labels dropped"
 VADER_PRETRAIN_TEXT = "VADER tweets, movie, Amazon and NYT snippets (Hutto & Gilbert 2014) minus the movie validation/test ids"
 
 
@@ -240,6 +248,8 @@ def truncate_samples(data: DatasetDict, args: DataArguments, seed: int = 42) -> 
 
 def load_pretrain_texts(args: DataArguments, task_data: DatasetDict | None) -> Dataset:
     """Unlabeled text of the pretrain phase, as a one-column (`text`) dataset."""
+    if args.pretrain_on_task_text and task_data is None:
+        raise DataError("`--pretrain_on_task_text` needs task data (`--train_file` or `--dataset_name`).")
     if args.pretrain_dataset_name:
         data = load_dataset(args.pretrain_dataset_name, args.pretrain_dataset_config_name)
         ds = data["train"] if "train" in data else next(iter(data.values()))

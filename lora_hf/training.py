@@ -152,6 +152,13 @@ class PhaseArguments:
     pretrain_learning_rate: float | None = field(default=None, metadata={"help": "Learning rate of the pretrain phase (default: --learning_rate)."})
     pretrain_per_device_train_batch_size: int | None = field(default=None, metadata={"help": "Batch size of the pretrain phase."})
     pretrain_eval_samples: int = field(default=500, metadata={"help": "Pretrain texts held out to report perplexity."})
+    pretrain_head_warmup_steps: int = field(default=0, metadata={"help": (
+        "First steps of the pretrain phase that train the `head` group alone, so that the adapters start on an LM head "
+        "that means something (a base saved without one gets a random head). Single process only.")})
+
+    def __post_init__(self):
+        if self.pretrain_head_warmup_steps < 0:
+            raise DataError(f"`--pretrain_head_warmup_steps` must be >= 0, got {self.pretrain_head_warmup_steps}.")
 
 
 @dataclass
@@ -676,6 +683,9 @@ def run_two_phase(
     lora_kwargs = lora_args.lora_config_kwargs()
     probe = None if full else LoraConfig(backbone_config=backbone_config, **lora_kwargs)
     run_pretrain = not (model_args.skip_pretrain or full)
+    if run_pretrain and phase_args.pretrain_head_warmup_steps and training_args.world_size > 1:
+        # DDP's reducer expects a gradient for every parameter it was built with; a frozen one stalls it.
+        raise DataError(f"`--pretrain_head_warmup_steps` runs in a single process; this run has {training_args.world_size}.")
     if run_pretrain:
         (LoraForMaskedLM if encoder else LoraForCausalLM)._check_targets_on_meta(probe)
     tokenizer = AutoTokenizer.from_pretrained(base)
@@ -685,6 +695,8 @@ def run_two_phase(
         if data_args.uses_default_data:
             pretrain_texts, task_data = vader_task()
             task_data = truncate_samples(task_data, data_args, seed=training_args.seed)
+            if data_args.pretrain_on_task_text:
+                pretrain_texts = task_data["train"].select_columns(["text"])
             # The MLM head over a 30k vocabulary dominates a pretrain step on CPU: the default run takes
             # a seeded sample of the 21k texts so that both phases fit in 15 minutes on 2 cores.
             limit = data_args.max_pretrain_samples or DEFAULT_PRETRAIN_SAMPLES
@@ -843,7 +855,10 @@ def _run_pretrain(base, encoder, lora_kwargs, texts, tokenizer, data_args, train
     model.set_phase("pretrain")
     split = texts.train_test_split(test_size=_pretrain_held_out(len(texts), phase_args), seed=training_args.seed)
     data = data_args.describe().get("pretrain", "the given texts")
-    _phase_header("pretrain", "masked LM" if encoder else "causal LM",
+    objective = "masked LM" if encoder else "causal LM"
+    if phase_args.pretrain_head_warmup_steps:
+        objective += f" (the first {phase_args.pretrain_head_warmup_steps} steps train the head alone)"
+    _phase_header("pretrain", objective,
                   f"{data}: {len(split['train']):,} texts, {len(split['test']):,} held out for perplexity", model)
     train = _tokenize_text(split["train"], tokenizer, data_args, ["text"])
     evals = _tokenize_text(split["test"], tokenizer, data_args, ["text"])
@@ -859,7 +874,32 @@ def _run_pretrain(base, encoder, lora_kwargs, texts, tokenizer, data_args, train
     args = _phase_args(training_args, phase_dir, **overrides)
     collator = _ContentSeededMLMCollator(tokenizer, mlm=encoder, mlm_probability=data_args.mlm_probability, pad_to_multiple_of=8)
     collator.mask_seed = args.seed
-    return _train_phase(model, args, train, evals, None, collator, tokenizer, phase_dir, training_args)
+    callbacks = [collator]
+    if phase_args.pretrain_head_warmup_steps:
+        callbacks.append(_HeadWarmup(model, phase_args.pretrain_head_warmup_steps))
+    return _train_phase(model, args, train, evals, None, collator, tokenizer, phase_dir, training_args, callbacks=callbacks)
+
+
+class _HeadWarmup(TrainerCallback):
+    """Train only the `head` group for the first `steps` optimizer steps, then every group of the phase.
+
+    The optimizer holds all of the phase's parameters from the start; AdamW skips a parameter whose
+    `.grad` is None, so a frozen one keeps its value and gets no moment or weight-decay update."""
+
+    def __init__(self, model, steps: int):
+        head = model._group_members("head")
+        self.held = [p for n, p in model.named_parameters() if p.requires_grad and n not in head]
+        self.steps = steps
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.global_step < self.steps:  # a resume past the warm-up trains everything at once
+            for p in self.held:
+                p.requires_grad_(False)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= self.steps:
+            for p in self.held:
+                p.requires_grad_(True)
 
 
 def _run_finetune(start, task, labels, lora_kwargs, task_data, tokenizer, data_args, training_args, phase_dir, full) -> dict:
@@ -914,7 +954,8 @@ def _phase_header(phase: str, objective: str, data: str, model) -> None:
         model.print_trainable_parameters()
 
 
-def _train_phase(model, args, train, evals, test, collator, tokenizer, phase_dir, top_args, compute_metrics=None, predict=None) -> dict:
+def _train_phase(model, args, train, evals, test, collator, tokenizer, phase_dir, top_args, compute_metrics=None, predict=None,
+                 callbacks=None) -> dict:
     if isinstance(top_args, LoraTrainingArguments) and not top_args.do_eval:
         evals = None  # --do_eval false (a plain TrainingArguments' do_eval only mirrors its eval_strategy)
     if evals is None and args.eval_strategy != "no":
@@ -922,7 +963,7 @@ def _train_phase(model, args, train, evals, test, collator, tokenizer, phase_dir
     trainer = _Trainer(
         model=model, args=args, train_dataset=train, eval_dataset=evals, data_collator=collator,
         processing_class=tokenizer, compute_metrics=compute_metrics,
-        callbacks=[collator] if isinstance(collator, TrainerCallback) else None,
+        callbacks=callbacks,
     )
     started = time.perf_counter()
     resume = _resume_point(top_args, phase_dir)

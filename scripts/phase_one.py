@@ -1,0 +1,164 @@
+#!/usr/bin/env python
+"""What the pretrain phase gives on the default task (MiniLM + VADER movie snippets), measured paired.
+
+    python scripts/phase_one.py --output_dir runs/phase_one [--seeds 42 43 44] [--variants NAME ...] [--doc docs/phase_one.md]
+
+Every variant is one `lora-hf train` run per seed with the same finetune recipe (the defaults); only
+phase 1 differs. Each is compared with the finetune-only run of the same seed: the per-seed
+difference in test accuracy, their mean with a t interval, and McNemar's exact test on the
+test snippets (pooled over seeds: the discordant pairs, one run right and the other wrong).
+Finished runs are read, not retrained, so the script can be stopped and started again; the
+table goes into the doc between the `phase-one` markers.
+"""
+
+import argparse
+import json
+import math
+import platform
+import re
+import sys
+from pathlib import Path
+
+import torch
+
+from lora_hf.data import vader_task
+from lora_hf.training import main as train
+
+BASELINE = "finetune only"
+# name -> flags. Phase 1 reads 5,000 texts unless a flag says otherwise (the default run's sample).
+VARIANTS = {
+    BASELINE: ["--skip_pretrain"],
+    "task text; LoRA": ["--pretrain_on_task_text", "--pretrain_trainable", "lora"],
+    "all VADER corpora; LoRA": ["--pretrain_trainable", "lora"],
+    "task text; head warm-up 50 steps, then LoRA": ["--pretrain_on_task_text", "--pretrain_trainable", "lora", "--pretrain_head_warmup_steps", "50"],
+    "task text; LoRA + norms": ["--pretrain_on_task_text", "--pretrain_trainable", "lora", "norm"],
+    "task text; LoRA, merged between phases": ["--pretrain_on_task_text", "--pretrain_trainable", "lora", "--merge_between_phases"],
+    "task text; LoRA + embeddings": ["--pretrain_on_task_text", "--pretrain_trainable", "lora", "embeddings"],
+    "task text; LoRA, masking 0.30": ["--pretrain_on_task_text", "--pretrain_trainable", "lora", "--mlm_probability", "0.3"],
+    "all VADER corpora; LoRA, 15,000 texts": ["--pretrain_trainable", "lora", "--max_pretrain_samples", "15000"],
+}
+START, END = "<!-- phase-one:start -->", "<!-- phase-one:end -->"
+T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571}  # two-sided 95% t quantiles by degrees of freedom
+
+
+def slug(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+def run(out: Path, flags: list, seed: int, extra: list) -> dict:
+    if not (out / "run_record.json").is_file():
+        code = train(["--output_dir", str(out), "--seed", str(seed), "--do_predict", "--overwrite_output_dir", *flags, *extra])
+        if code != 0:
+            raise SystemExit(f"training into {out} failed with exit code {code}")
+    record = json.loads((out / "run_record.json").read_text())
+    lines = (out / "finetune" / "predict_results.txt").read_text().splitlines()[1:]
+    phases = ("pretrain", "finetune")
+    return {
+        "test_accuracy": record["finetune"]["test_accuracy"],
+        "eval_accuracy": record["finetune"]["eval_accuracy"],
+        "pretrain_perplexity": record.get("pretrain", {}).get("eval_perplexity"),
+        "minutes": record["wall_seconds"] / 60,
+        "train_minutes": sum(record.get(p, {}).get("train_wall_seconds", 0.0) for p in phases) / 60,
+        "checkpoint_mb": (out / "model.safetensors").stat().st_size / 1e6,
+        "predictions": [line.split("\t")[1] for line in lines],
+    }
+
+
+def mcnemar_exact(b: int, c: int) -> float:
+    """Two-sided exact McNemar p-value: b, c are the discordant counts (variant right only, baseline right only)."""
+    n = b + c
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, k) for k in range(min(b, c) + 1)) / 2**n
+    return min(1.0, 2 * tail)
+
+
+def compare(variant: dict, baseline: dict, gold: list) -> dict:
+    seeds = sorted(set(variant) & set(baseline))
+    diffs = [100 * (variant[s]["test_accuracy"] - baseline[s]["test_accuracy"]) for s in seeds]
+    b = c = 0
+    for s in seeds:
+        for v, f, g in zip(variant[s]["predictions"], baseline[s]["predictions"], gold):
+            b += v == g and f != g
+            c += f == g and v != g
+    mean = sum(diffs) / len(diffs) if diffs else float("nan")
+    half = float("nan")
+    if len(diffs) > 1:
+        sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1))
+        half = T95[len(diffs) - 1] * sd / math.sqrt(len(diffs))
+    return {"seeds": seeds, "diffs": diffs, "mean_diff": mean, "ci95": half, "b": b, "c": c, "p_mcnemar": mcnemar_exact(b, c)}
+
+
+def mean(values: list) -> float:
+    return sum(values) / len(values) if values else float("nan")
+
+
+def table(results: dict, gold: list) -> str:
+    base = results.get(BASELINE, {})
+    lines = [
+        f"Measured with `python scripts/phase_one.py` on {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+        f"torch {torch.__version__}; test set {len(gold):,} snippets. Difference: variant minus finetune-only on the same seed, "
+        "in points of test accuracy (per seed, then mean ± 95% t half-width); McNemar: exact two-sided p on the "
+        "discordant test predictions pooled over the seeds (variant right only / finetune-only right only).",
+        "",
+        "| variant | seeds | test | validation | difference per seed | mean difference | McNemar (b/c, p) | phase-1 perplexity | whole run | final checkpoint |",
+        "|---|---|---:|---:|---|---:|---|---:|---:|---:|",
+    ]
+    for name, runs in results.items():
+        if not runs:
+            continue
+        seeds = sorted(runs)
+        row = [name, ", ".join(map(str, seeds)),
+               f"{100 * mean([runs[s]['test_accuracy'] for s in seeds]):.2f}%", f"{100 * mean([runs[s]['eval_accuracy'] for s in seeds]):.2f}%"]
+        if name == BASELINE:
+            row += ["—", "—", "—"]
+        else:
+            cmp = compare(runs, base, gold)
+            row += [" / ".join(f"{d:+.2f}" for d in cmp["diffs"]) or "—",
+                    f"{cmp['mean_diff']:+.2f} ± {cmp['ci95']:.2f}" if cmp["diffs"] else "—",
+                    f"{cmp['b']}/{cmp['c']}, p={cmp['p_mcnemar']:.2f}" if cmp["diffs"] else "—"]
+        ppl = [runs[s]["pretrain_perplexity"] for s in seeds if runs[s]["pretrain_perplexity"] is not None]
+        row += [f"{mean(ppl):.0f}" if ppl else "—", f"{mean([runs[s]['minutes'] for s in seeds]):.1f} min",
+                f"{mean([runs[s]['checkpoint_mb'] for s in seeds]):.2f} MB"]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output_dir", default="runs/phase_one")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), help=f"Names from: {list(VARIANTS)}")
+    parser.add_argument("--doc", default=str(Path(__file__).resolve().parents[1] / "docs" / "phase_one.md"))
+    parser.add_argument("--only_report", action="store_true", help="Train nothing: tabulate the runs already finished.")
+    parser.add_argument("extra", nargs="*", help="Flags passed to every run (after --).")
+    args = parser.parse_args(argv)
+    unknown = [v for v in args.variants if v not in VARIANTS]
+    if unknown:
+        parser.error(f"--variants {unknown} unknown; choose from {list(VARIANTS)}")
+    out = Path(args.output_dir)
+    gold = [str(label) for label in vader_task()[1]["test"].features["label"].int2str(vader_task()[1]["test"]["label"])]
+    results = {}
+    for name in [BASELINE] + [v for v in args.variants if v != BASELINE]:
+        results[name] = {}
+        for seed in args.seeds:
+            run_dir = out / slug(name) / f"seed{seed}"
+            if args.only_report and not (run_dir / "run_record.json").is_file():
+                continue
+            results[name][seed] = run(run_dir, VARIANTS[name], seed, args.extra)
+            print(f"{name}, seed {seed}: test {results[name][seed]['test_accuracy']:.4f}", flush=True)
+    text = table(results, gold)
+    print(text)
+    summary = {name: {seed: {k: v for k, v in r.items() if k != "predictions"} for seed, r in runs.items()} for name, runs in results.items()}
+    (out / "phase_one.json").write_text(json.dumps(summary, indent=2))
+    doc = Path(args.doc)
+    if doc.is_file():
+        content = doc.read_text()
+        if START in content and END in content:
+            content = re.sub(f"{re.escape(START)}.*?{re.escape(END)}", lambda _: f"{START}\n{text}\n{END}", content, flags=re.S)
+            doc.write_text(content)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
