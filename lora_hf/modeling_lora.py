@@ -28,6 +28,7 @@ from transformers import (
     GenerationMixin,
     PreTrainedModel,
 )
+from transformers.modeling_outputs import MaskedLMOutput
 from transformers.pytorch_utils import Conv1D
 from transformers.utils import logging
 
@@ -231,6 +232,9 @@ class LoraPreTrainedModel(PreTrainedModel):
         }
         # Pass only what was given: backbones differ in the arguments they accept (DistilBERT has no token types).
         outputs = self.backbone(**{k: v for k, v in inputs.items() if v is not None})
+        return self._step_share(outputs, labels, num_items_in_batch)
+
+    def _step_share(self, outputs, labels, num_items_in_batch):
         if num_items_in_batch is not None and labels is not None and getattr(outputs, "loss", None) is not None:
             # Counted as the Trainer counts: labels other than -100, shifted by one for causal LMs.
             counted = labels[..., 1:] if self._loss_shifts_labels else labels
@@ -1021,6 +1025,37 @@ class LoraForMaskedLM(LoraPreTrainedModel):
     """
 
     backbone_auto_class = AutoModelForMaskedLM
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, inputs_embeds=None,
+                labels=None, output_attentions=None, output_hidden_states=None, return_dict=None, **kwargs):
+        """As `LoraPreTrainedModel.forward`; in training mode with labels, the logits cover the masked positions only.
+
+        The head's projection onto the vocabulary (30k words for BERT) is most of a masked-LM training
+        step, and the loss reads only the ~15% of positions that were masked: the same loss and
+        gradients, from `logits` of shape `(masked positions, vocab)`. `model.eval()` (perplexity,
+        fill-mask) returns the full `(batch, length, vocab)` logits as the backbone does.
+        """
+        given = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids,
+                 "position_ids": position_ids, "inputs_embeds": inputs_embeds}
+        head = self._vocabulary_head()
+        num_items_in_batch = kwargs.pop("num_items_in_batch", None)
+        if not (self.training and labels is not None and head is not None and not output_attentions and not output_hidden_states and not kwargs):
+            return super().forward(**given, labels=labels, output_attentions=output_attentions,
+                                   output_hidden_states=output_hidden_states, return_dict=return_dict,
+                                   num_items_in_batch=num_items_in_batch, **kwargs)
+        body = getattr(self.backbone, self.backbone.base_model_prefix)
+        hidden = body(**{k: v for k, v in given.items() if v is not None})[0]
+        masked = labels.ne(-100)
+        logits = head(hidden[masked])
+        loss = nn.functional.cross_entropy(logits.view(-1, logits.shape[-1]), labels[masked])
+        return self._step_share(MaskedLMOutput(loss=loss, logits=logits), labels, num_items_in_batch)
+
+    def _vocabulary_head(self) -> nn.Module | None:
+        # BERT's `cls`, RoBERTa's `lm_head`: the one module beside the body. Backbones whose head is
+        # several modules (DistilBERT) take the backbone's own full-length path.
+        others = [m for name, m in self.backbone.named_children() if name != self.backbone.base_model_prefix]
+        others = [m for m in others if any(True for _ in m.parameters())]
+        return others[0] if len(others) == 1 else None
 
 
 class LoraForSequenceClassification(LoraPreTrainedModel):

@@ -35,6 +35,8 @@ VARIANTS = {
     "task text; LoRA, merged between phases": ["--pretrain_on_task_text", "--pretrain_trainable", "lora", "--merge_between_phases"],
     "task text; LoRA + embeddings": ["--pretrain_on_task_text", "--pretrain_trainable", "lora", "embeddings"],
     "task text; LoRA, masking 0.30": ["--pretrain_on_task_text", "--pretrain_trainable", "lora", "--mlm_probability", "0.3"],
+    "task text; LoRA, every text, 3 epochs": ["--pretrain_on_task_text", "--pretrain_trainable", "lora", "--max_pretrain_samples", "100000",
+                                              "--pretrain_num_train_epochs", "3"],
     "all VADER corpora; LoRA, 15,000 texts": ["--pretrain_trainable", "lora", "--max_pretrain_samples", "15000"],
 }
 START, END = "<!-- phase-one:start -->", "<!-- phase-one:end -->"
