@@ -4,19 +4,12 @@
 model class with its `AutoModel*` class, so saved LoRA models load like any other model.
 """
 
-from transformers import (
-    AutoConfig,
-    AutoModel,
-    AutoModelForCausalLM,
-    AutoModelForMaskedLM,
-    AutoModelForQuestionAnswering,
-    AutoModelForSequenceClassification,
-    AutoModelForTokenClassification,
-)
+from transformers import AutoConfig
 
 from .configuration_lora import GROUPS, PHASES, LoraConfig
 from .lora_layers import LoraEmbedding, LoraLinear
 from .modeling_lora import (
+    HEAD_CLASSES,
     LoraForCausalLM,
     LoraForMaskedLM,
     LoraForQuestionAnswering,
@@ -24,13 +17,16 @@ from .modeling_lora import (
     LoraForTokenClassification,
     LoraModel,
     LoraPreTrainedModel,
+    head_class,
 )
 
 __version__ = "0.1.0"
 
 __all__ = [
     "GROUPS",
+    "HEAD_CLASSES",
     "PHASES",
+    "head_class",
     "LoraConfig",
     "LoraEmbedding",
     "LoraForCausalLM",
@@ -44,12 +40,5 @@ __all__ = [
 ]
 
 AutoConfig.register("lora", LoraConfig, exist_ok=True)
-for _auto, _model in (
-    (AutoModel, LoraModel),
-    (AutoModelForCausalLM, LoraForCausalLM),
-    (AutoModelForMaskedLM, LoraForMaskedLM),
-    (AutoModelForSequenceClassification, LoraForSequenceClassification),
-    (AutoModelForTokenClassification, LoraForTokenClassification),
-    (AutoModelForQuestionAnswering, LoraForQuestionAnswering),
-):
-    _auto.register(LoraConfig, _model, exist_ok=True)
+for _model in HEAD_CLASSES:
+    _model.backbone_auto_class.register(LoraConfig, _model, exist_ok=True)

@@ -54,30 +54,6 @@ GENERATION_CONFIG_NAME = "generation_config.json"
 # Marks a card this module rendered; a README.md without it was written by a person and is pushed as it is.
 GENERATED_MARK = "lora_hf:generated-card"
 
-PIPELINE_TAGS = {
-    "LoraModel": "feature-extraction",
-    "LoraForCausalLM": "text-generation",
-    "LoraForMaskedLM": "fill-mask",
-    "LoraForSequenceClassification": "text-classification",
-    "LoraForTokenClassification": "token-classification",
-    "LoraForQuestionAnswering": "question-answering",
-}
-AUTO_CLASSES = {
-    "LoraModel": "AutoModel",
-    "LoraForCausalLM": "AutoModelForCausalLM",
-    "LoraForMaskedLM": "AutoModelForMaskedLM",
-    "LoraForSequenceClassification": "AutoModelForSequenceClassification",
-    "LoraForTokenClassification": "AutoModelForTokenClassification",
-    "LoraForQuestionAnswering": "AutoModelForQuestionAnswering",
-}
-HEAD_DESCRIPTIONS = {
-    "LoraModel": "a LoRA-adapted encoder (hidden states)",
-    "LoraForCausalLM": "a LoRA-adapted causal language model",
-    "LoraForMaskedLM": "a LoRA-adapted masked language model",
-    "LoraForSequenceClassification": "a LoRA-adapted text classifier",
-    "LoraForTokenClassification": "a LoRA-adapted token classifier",
-    "LoraForQuestionAnswering": "a LoRA-adapted extractive question-answering model",
-}
 FINETUNE_OBJECTIVES = {
     "classification": "sequence classification, cross-entropy over the labels",
     "regression": "regression, mean squared error",
@@ -229,7 +205,7 @@ def _count_parameters(config, encoder: bool) -> dict:
             if classes.get(phase, final) is final:
                 counts["lora"] = sum(p.numel() for n, p in params.items() if n.endswith((".lora_A", ".lora_B")))
                 counts["layers"] = sorted(getattr(model, "lora_module_names", []))
-                counts["groups"] = [g for g in config.trained_groups if g != "lora" and model._group_members(g)]
+                counts["groups"] = [g for g in config.trained_groups if g != "lora" and model.group_parameter_names(g)]
     except Exception as err:  # a card must not fail because a count could not be made
         logger.warning(f"Could not count the parameters for the model card ({type(err).__name__}: {err}).")
     finally:
@@ -316,7 +292,8 @@ def _card_inputs(model_dir: Path, results: dict | None, repo_id: str | None, lic
         results = _read_run_record(model_dir)
     results = results if isinstance(results, dict) else {}
     arch = (config.architectures or ["LoraModel"])[0]
-    pipeline_tag = PIPELINE_TAGS.get(arch)
+    head = model_class(config)
+    pipeline_tag = head.pipeline_tag
     backbone = config.backbone_config
     # As training decides: masked-LM pretraining where the architecture has a masked-LM head.
     encoder = backbone.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES and not getattr(backbone, "is_decoder", False)
@@ -406,9 +383,9 @@ def _card_inputs(model_dir: Path, results: dict | None, repo_id: str | None, lic
         "model_name": model_name,
         "repo_id": repo_id or str(model_dir),
         "head_description": "a LoRA-adapted text regression model" if results.get("task") == "regression"
-        else HEAD_DESCRIPTIONS.get(arch, "a LoRA-adapted model"),
+        else head.description,
         "architecture": arch,
-        "auto_class": AUTO_CLASSES.get(arch, "AutoModel"),
+        "auto_class": head.backbone_auto_class.__name__,
         "backbone_type": backbone.model_type,
         "backbone_summary": f"{getattr(backbone, 'num_hidden_layers', '?')} layers, hidden size {getattr(backbone, 'hidden_size', '?')}",
         "base_model": base_model,

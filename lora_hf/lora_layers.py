@@ -291,7 +291,7 @@ def candidate_module_names(model: nn.Module) -> list:
     return sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, _LINEAR_TYPES + (nn.Embedding,))})
 
 
-def _auto_targets(model: nn.Module) -> list:
+def attention_projections(model: nn.Module) -> list:
     """Every attention projection: the Linear/Conv1D layers of each module whose class name contains "Attention".
 
     Structural rule, no per-architecture table: query/key/value and the output projection, or the
@@ -305,7 +305,7 @@ def _auto_targets(model: nn.Module) -> list:
             continue
         for name, module in block.named_modules():
             # Children and grandchildren only: BERT keeps the output projection one level down (`output.dense`).
-            if name and name.count(".") <= 1 and isinstance(module, _LINEAR_TYPES):
+            if name and name.count(".") <= 1 and isinstance(module, _LINEAR_TYPES + (LoraLinear,)):
                 selected.add(f"{block_name}.{name}" if block_name else name)
     return sorted(selected)
 
@@ -318,7 +318,7 @@ def find_target_modules(model: nn.Module, target_modules) -> list:
     Every item must select at least one Linear/Conv1D/Embedding module.
     """
     if target_modules == "auto":
-        names = _auto_targets(model)
+        names = attention_projections(model)
         if not names:
             raise ValueError(
                 f"target_modules='auto' found no attention projection in {type(model).__name__}; pass explicit "

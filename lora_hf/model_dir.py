@@ -11,8 +11,7 @@ import sys
 from pathlib import Path
 
 from .configuration_lora import LoraConfig
-from . import modeling_lora
-from .modeling_lora import CONFIG_NAME, WEIGHTS_NAME
+from .modeling_lora import CONFIG_NAME, WEIGHTS_NAME, head_class
 
 __all__ = ["TOKENIZER_FILES", "check_model_dir", "model_class", "load_model_dir", "tokenizer_files", "copy_tokenizer_files", "check_output_dir", "run_command"]
 
@@ -30,8 +29,6 @@ TOKENIZER_FILES = (
     "sentencepiece.bpe.model",
     "tokenizer.model",
 )
-# lora_hf's head classes, by the name `save_pretrained` records in `config.architectures`.
-HEAD_CLASSES = tuple(name for name in modeling_lora.__all__ if name == "LoraModel" or name.startswith("LoraFor"))
 
 
 def check_model_dir(path) -> LoraConfig:
@@ -63,12 +60,7 @@ def check_model_dir(path) -> LoraConfig:
 
 def model_class(config: LoraConfig):
     """The lora_hf class `config.architectures` names (the class that saved the model)."""
-    from . import modeling_lora
-
-    name = (config.architectures or ["LoraModel"])[0]
-    if name not in HEAD_CLASSES:
-        raise ValueError(f"`architectures` names {name!r}, not one of lora_hf's classes {list(HEAD_CLASSES)}.")
-    return getattr(modeling_lora, name)
+    return head_class((config.architectures or ["LoraModel"])[0])
 
 
 def load_model_dir(path, base_model_name_or_path: str | None = None):

@@ -29,11 +29,10 @@ from transformers import (
     PreTrainedModel,
 )
 from transformers.modeling_outputs import MaskedLMOutput
-from transformers.pytorch_utils import Conv1D
 from transformers.utils import logging
 
 from .configuration_lora import GROUPS, PHASES, LoraConfig, check_group
-from .lora_layers import LoraEmbedding, LoraLinear, _LoraLayer, inject_lora, lora_layers, unload_lora, weight_shape
+from .lora_layers import LoraEmbedding, _LoraLayer, attention_projections, inject_lora, lora_layers, unload_lora, weight_shape
 
 logger = logging.get_logger(__name__)
 
@@ -45,6 +44,8 @@ __all__ = [
     "LoraForSequenceClassification",
     "LoraForTokenClassification",
     "LoraForQuestionAnswering",
+    "HEAD_CLASSES",
+    "head_class",
     "WEIGHTS_NAME",
 ]
 
@@ -100,7 +101,13 @@ class LoraPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     _supports_flash_attn = True
     _supports_flex_attn = True
-    backbone_auto_class = AutoModel
+    # What a head is, declared once here on each class; the Auto registration, `auto_map`, the model
+    # card, PEFT export/import and `lora-hf train`'s task table all read these (see `HEAD_CLASSES`).
+    backbone_auto_class = AutoModel  # the transformers Auto class of the backbone and of this class
+    pipeline_tag: str | None = None  # the transformers pipeline that serves it
+    peft_task_type: str | None = None  # PEFT's `task_type` (None: PEFT's plain `PeftModel`)
+    description = "a LoRA-adapted model"  # for the model card
+    training_tasks: tuple = ()  # `lora-hf train --task` values this class trains
     # The Trainer passes `num_items_in_batch` to `forward` and scales the loss by the process count (see forward).
     accepts_loss_kwargs = True
     _loss_shifts_labels = False
@@ -242,7 +249,14 @@ class LoraPreTrainedModel(PreTrainedModel):
         return outputs
 
     # ----- parameter groups and phases ---------------------------------------------------
-    def _group_members(self, group: str) -> set:
+    def group_parameter_names(self, group: str) -> set:
+        """Names of the parameters in `group` (one of `GROUPS`, or `re:<regex>` on parameter names), adapters excluded
+        except for group `lora`.
+
+        Example:
+            >>> sorted(model.group_parameter_names("head"))
+            ['backbone.classifier.bias', 'backbone.classifier.weight']
+        """
         names = [_unwrapped_name(name) for name, _ in self.named_parameters()]
         if group == "all":
             return set(names)
@@ -259,20 +273,17 @@ class LoraPreTrainedModel(PreTrainedModel):
                 return set()
             body = f"backbone.{prefix}."
             return {n for n in names if not n.startswith(body) and not n.endswith((".lora_A", ".lora_B"))}
+        if group == "attention":  # the projections target_modules="auto" wraps: one rule for both
+            modules = set(attention_projections(self))
+        elif group == "embeddings":
+            modules = {n for n, m in self.named_modules() if isinstance(m, (nn.Embedding, LoraEmbedding))}
+        elif group == "norm":
+            modules = {n for n, m in self.named_modules() if "norm" in type(m).__name__.lower()}
+        else:
+            raise ValueError(f"Unknown group {group!r}; allowed are {list(GROUPS)} or 're:<regex>'.")
         members = set()
-        # Attention blocks by class name, as target_modules="auto" finds them: GPT-2's `attn` and Llama's
-        # `self_attn` have no "attention" in their module names.
-        blocks = tuple(f"{_unwrapped_name(n)}." for n, m in self.named_modules() if "attention" in type(m).__name__.lower())
         for module_name, module in self.named_modules():
-            module_name = _unwrapped_name(module_name)
-            if group == "embeddings":
-                hit = isinstance(module, (nn.Embedding, LoraEmbedding))
-            elif group == "norm":
-                hit = "norm" in type(module).__name__.lower()
-            else:  # attention: the projections inside attention blocks
-                inside = "attention" in module_name.lower() or module_name.startswith(blocks)
-                hit = inside and isinstance(module, (nn.Linear, Conv1D, LoraLinear))
-            if hit:
+            if module_name in modules:
                 members.update(_unwrapped_name(f"{module_name}.{p}") for p, _ in module.named_parameters(recurse=group == "norm"))
         return {n for n in members if n in set(names) and not n.endswith((".lora_A", ".lora_B"))}
 
@@ -286,7 +297,7 @@ class LoraPreTrainedModel(PreTrainedModel):
         names = set()
         for group in self.config.phase_trainable[phase]:
             check_group(group, f"phase_trainable[{phase!r}]")
-            names |= self._group_members(group)
+            names |= self.group_parameter_names(group)
         return names
 
     def set_phase(self, phase: str) -> None:
@@ -382,14 +393,14 @@ class LoraPreTrainedModel(PreTrainedModel):
     # ----- which tensors are ours --------------------------------------------------------
     def new_parameter_names(self) -> set:
         """Parameters the base checkpoint did not provide: the adapters and tensors it lacked (a new head)."""
-        return self._group_members("lora") | set(self.newly_initialized_keys)
+        return self.group_parameter_names("lora") | set(self.newly_initialized_keys)
 
     def adapter_state_keys(self) -> list:
         """State-dict keys saved in an adapter-only checkpoint: LoRA, the groups trained so far and in the
         active phase, and anything else that requires grad now. Tied weights appear once."""
         names = self.new_parameter_names()
         for group in self.config.trained_groups + list(self.config.phase_trainable.get(self.active_phase, [])):
-            names |= self._group_members(group)
+            names |= self.group_parameter_names(group)
         names |= {_unwrapped_name(n) for n, p in self.named_parameters() if p.requires_grad}
         return sorted(names)
 
@@ -527,7 +538,7 @@ class LoraPreTrainedModel(PreTrainedModel):
             label2id=backbone_config.label2id,
             problem_type=backbone_config.problem_type,
         )
-        cls._check_targets_on_meta(config)
+        cls.check_target_modules(config)
         check_base_weights(base_model_name_or_path, hub_kwargs.get("subfolder") or "")
         # transformers' load report (a table of MISSING keys, "this checkpoint seem corrupted") reads as an
         # error for what is a plain fact here: the base lacks a head, which is created below. One line says so.
@@ -554,8 +565,13 @@ class LoraPreTrainedModel(PreTrainedModel):
         self.newly_initialized_keys = sorted(n for n in (f"backbone.{k}" for k in loading_info.get("missing_keys", [])) if n in names)
 
     @classmethod
-    def _check_targets_on_meta(cls, config: LoraConfig) -> None:
-        """Resolve `target_modules` on a weightless copy of the backbone, before any weight is loaded."""
+    def check_target_modules(cls, config: LoraConfig) -> None:
+        """Resolve `config.target_modules` on a weightless (meta) copy of the backbone, before any weight is loaded;
+        `ValueError` naming the entries that match nothing.
+
+        Example:
+            >>> LoraForSequenceClassification.check_target_modules(LoraConfig(backbone_config=bert_config, target_modules=["query"]))
+        """
         from .lora_layers import find_target_modules
 
         with torch.device("meta"):
@@ -891,16 +907,16 @@ class LoraPreTrainedModel(PreTrainedModel):
         else:
             required = self.new_parameter_names()
             for group in self.config.trained_groups:
-                required |= self._group_members(group)
+                required |= self.group_parameter_names(group)
         reinit_targets = {target for _, target, _, _ in reinit}
         required -= reinit_targets
         fresh = []
         if head_switch:
             # A new head (and base tensors the old class never had, such as BERT's pooler) start fresh. A full
             # save holds every base tensor its class had: there, only adapters and trained groups must be found.
-            kept = self._group_members("lora")
+            kept = self.group_parameter_names("lora")
             for group in self.config.trained_groups:
-                kept |= self._group_members(group)
+                kept |= self.group_parameter_names(group)
             fresh = sorted(
                 k for k in required - loaded
                 if split(k, own_prefix)[0] == "head" or k in self.newly_initialized_keys or (strict_full and k not in kept)
@@ -1015,6 +1031,9 @@ class LoraModel(LoraPreTrainedModel):
     """
 
     backbone_auto_class = AutoModel
+    pipeline_tag = "feature-extraction"
+    peft_task_type = 'FEATURE_EXTRACTION'
+    description = "a LoRA-adapted encoder (hidden states)"
 
 
 class LoraForMaskedLM(LoraPreTrainedModel):
@@ -1025,6 +1044,9 @@ class LoraForMaskedLM(LoraPreTrainedModel):
     """
 
     backbone_auto_class = AutoModelForMaskedLM
+    pipeline_tag = "fill-mask"
+    peft_task_type = None
+    description = "a LoRA-adapted masked language model"
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, inputs_embeds=None,
                 labels=None, output_attentions=None, output_hidden_states=None, return_dict=None, **kwargs):
@@ -1066,6 +1088,10 @@ class LoraForSequenceClassification(LoraPreTrainedModel):
     """
 
     backbone_auto_class = AutoModelForSequenceClassification
+    pipeline_tag = "text-classification"
+    peft_task_type = 'SEQ_CLS'
+    description = "a LoRA-adapted text classifier"
+    training_tasks = ('classification', 'regression')
 
 
 class LoraForTokenClassification(LoraPreTrainedModel):
@@ -1076,6 +1102,10 @@ class LoraForTokenClassification(LoraPreTrainedModel):
     """
 
     backbone_auto_class = AutoModelForTokenClassification
+    pipeline_tag = "token-classification"
+    peft_task_type = 'TOKEN_CLS'
+    description = "a LoRA-adapted token classifier"
+    training_tasks = ('token-classification',)
 
 
 class LoraForQuestionAnswering(LoraPreTrainedModel):
@@ -1086,6 +1116,9 @@ class LoraForQuestionAnswering(LoraPreTrainedModel):
     """
 
     backbone_auto_class = AutoModelForQuestionAnswering
+    pipeline_tag = "question-answering"
+    peft_task_type = 'QUESTION_ANS'
+    description = "a LoRA-adapted extractive question-answering model"
 
     def forward(
         self,
@@ -1126,6 +1159,10 @@ class LoraForCausalLM(LoraPreTrainedModel, GenerationMixin):
     """
 
     backbone_auto_class = AutoModelForCausalLM
+    pipeline_tag = "text-generation"
+    peft_task_type = 'CAUSAL_LM'
+    description = "a LoRA-adapted causal language model"
+    training_tasks = ('causal-lm',)
     _loss_shifts_labels = True  # token t predicts t + 1: the Trainer counts `labels[..., 1:]`
 
     @property
@@ -1148,14 +1185,22 @@ class LoraForCausalLM(LoraPreTrainedModel, GenerationMixin):
 
 
 # ----- helpers -----------------------------------------------------------------------------
-_AUTO_CLASSES = {
-    "AutoModel": "LoraModel",
-    "AutoModelForCausalLM": "LoraForCausalLM",
-    "AutoModelForMaskedLM": "LoraForMaskedLM",
-    "AutoModelForSequenceClassification": "LoraForSequenceClassification",
-    "AutoModelForTokenClassification": "LoraForTokenClassification",
-    "AutoModelForQuestionAnswering": "LoraForQuestionAnswering",
-}
+# Every head class: the one list the Auto registration, `auto_map` and the tables in hub, peft_interop
+# and training are derived from. A new head is a class above with its attributes, added here.
+HEAD_CLASSES = (LoraModel, LoraForMaskedLM, LoraForSequenceClassification, LoraForTokenClassification, LoraForQuestionAnswering, LoraForCausalLM)
+
+
+def head_class(name: str) -> type:
+    """The head class called `name` (as `config.architectures` records it).
+
+    Example:
+        >>> head_class("LoraForSequenceClassification").pipeline_tag
+        'text-classification'
+    """
+    for cls in HEAD_CLASSES:
+        if cls.__name__ == name:
+            return cls
+    raise ValueError(f"{name!r} is not one of lora_hf's model classes {[c.__name__ for c in HEAD_CLASSES]}.")
 
 
 # Wrappers that put themselves into parameter names (FSDP1 units, activation checkpointing). Their state
@@ -1246,7 +1291,8 @@ def _zero3_gathered(tensors: list, modified: bool = False):
 
 
 def _auto_map() -> dict:
-    return {"AutoConfig": "configuration_lora.LoraConfig", **{a: f"modeling_lora.{c}" for a, c in _AUTO_CLASSES.items()}}
+    heads = {cls.backbone_auto_class.__name__: f"modeling_lora.{cls.__name__}" for cls in HEAD_CLASSES}
+    return {"AutoConfig": "configuration_lora.LoraConfig", **heads}
 
 
 def _atomic_write(path: Path, write) -> None:

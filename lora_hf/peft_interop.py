@@ -24,6 +24,7 @@ from safetensors.torch import save_file
 from transformers.utils import logging
 
 from .model_dir import check_output_dir, copy_tokenizer_files, load_model_dir, run_command
+from .modeling_lora import HEAD_CLASSES, head_class
 
 logger = logging.get_logger(__name__)
 
@@ -41,15 +42,6 @@ __all__ = [
 ADAPTER_CONFIG_NAME = "adapter_config.json"
 ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
 PEFT_PREFIX = "base_model.model."
-# lora_hf head class -> PEFT `task_type`. PEFT has no masked-LM task: its plain `PeftModel` loads those.
-TASK_TYPES = {
-    "LoraModel": "FEATURE_EXTRACTION",
-    "LoraForCausalLM": "CAUSAL_LM",
-    "LoraForMaskedLM": None,
-    "LoraForSequenceClassification": "SEQ_CLS",
-    "LoraForTokenClassification": "TOKEN_CLS",
-    "LoraForQuestionAnswering": "QUESTION_ANS",
-}
 # The modules PEFT's task models add to `modules_to_save` by themselves (peft_model.py, PeftModelFor*).
 PEFT_TASK_HEADS = {"SEQ_CLS": ("classifier", "score"), "TOKEN_CLS": ("classifier", "score"), "QUESTION_ANS": ("qa_outputs",)}
 # PEFT features lora_hf has no counterpart for: an adapter using one cannot be imported faithfully.
@@ -110,9 +102,9 @@ def save_peft_adapter(model, save_directory, base_model_name_or_path: str | None
     trained weight or bias of a module that also carries LoRA.
     """
     arch = type(model).__name__
-    if arch not in TASK_TYPES:
-        raise ValueError(f"save_peft_adapter needs one of lora_hf's model classes {sorted(TASK_TYPES)}, got {arch}.")
-    task_type = TASK_TYPES[arch]
+    if not isinstance(model, HEAD_CLASSES):
+        raise ValueError(f"save_peft_adapter needs one of lora_hf's model classes {[c.__name__ for c in HEAD_CLASSES]}, got {arch}.")
+    task_type = model.peft_task_type
     config = model.config
     backbone = model.backbone
     lora = _lora_modules(backbone)
@@ -410,7 +402,7 @@ def _keep_saved_modules(model, others: dict) -> None:
     if not others:
         return
     names = {f"backbone.{n}" for n in others}
-    head = model._group_members("head")
+    head = model.group_parameter_names("head")
     groups = []
     if names & head:
         groups.append("head")
@@ -479,26 +471,24 @@ def export_main(argv: list | None = None) -> int:
 
 
 def _class_for(adapter_config: dict, base: str | None, head: str | None):
-    from . import modeling_lora
-
     if head:
-        return getattr(modeling_lora, head)
+        return head_class(head)
     task_type = adapter_config.get("task_type")
-    by_task = {t: name for name, t in TASK_TYPES.items() if t}
+    by_task = {cls.peft_task_type: cls for cls in HEAD_CLASSES if cls.peft_task_type}
     if task_type in by_task:
-        return getattr(modeling_lora, by_task[task_type])
+        return by_task[task_type]
     if task_type not in (None, ""):
         raise ValueError(f"The adapter has `task_type` {task_type!r}, which no lora_hf class serves; choose one with --head.")
-    # No task type: the plain PeftModel, on whatever the base model is.
+    # No task type: the plain PeftModel, on whatever the base model is; its class name says the head
+    # (BertForMaskedLM: "ForMaskedLM" as in AutoModelForMaskedLM; GPT-2's LMHeadModel is a causal LM).
     from transformers import AutoConfig
 
     architecture = ((AutoConfig.from_pretrained(base).architectures or [""])[0]) if base else ""
-    for suffix, name in (("ForMaskedLM", "LoraForMaskedLM"), ("ForCausalLM", "LoraForCausalLM"), ("LMHeadModel", "LoraForCausalLM"),
-                         ("ForSequenceClassification", "LoraForSequenceClassification"),
-                         ("ForTokenClassification", "LoraForTokenClassification"), ("ForQuestionAnswering", "LoraForQuestionAnswering")):
-        if architecture.endswith(suffix):
-            return getattr(modeling_lora, name)
-    return modeling_lora.LoraModel
+    for cls in HEAD_CLASSES:
+        suffix = cls.backbone_auto_class.__name__.removeprefix("AutoModel")
+        if suffix and architecture.endswith(suffix) or (cls.pipeline_tag == "text-generation" and architecture.endswith("LMHeadModel")):
+            return cls
+    return head_class("LoraModel")
 
 
 def import_main(argv: list | None = None) -> int:
@@ -512,7 +502,7 @@ def import_main(argv: list | None = None) -> int:
     parser.add_argument("peft_dir", help="A directory with adapter_config.json and adapter_model.safetensors.")
     parser.add_argument("output_dir", help="Where to write the lora_hf model (new or empty directory).")
     parser.add_argument("--base_model_name_or_path", help="Load the base from here instead of the adapter's base_model_name_or_path.")
-    parser.add_argument("--head", choices=sorted(TASK_TYPES), help="The lora_hf class to build (default: from the adapter's task_type).")
+    parser.add_argument("--head", choices=sorted(cls.__name__ for cls in HEAD_CLASSES), help="The lora_hf class to build (default: from the adapter's task_type).")
     parser.add_argument("--overwrite", action="store_true", help="Write into a non-empty output directory.")
 
     def action(args):

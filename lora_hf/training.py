@@ -59,10 +59,9 @@ from .data import (
 )
 from .metrics import load_metric
 from .modeling_lora import (
+    HEAD_CLASSES,
     LoraForCausalLM,
     LoraForMaskedLM,
-    LoraForSequenceClassification,
-    LoraForTokenClassification,
     LoraPreTrainedModel,
     check_base_weights,
 )
@@ -92,8 +91,7 @@ _FINETUNE_ONLY = {"num_train_epochs", "max_steps", "skip_finetune", "merge_betwe
 LORA_LEARNING_RATE = 2e-3
 FULL_FINETUNE_LEARNING_RATE = 5e-5
 DEFAULT_PRETRAIN_SAMPLES = 5000
-TASK_CLASSES = {"classification": LoraForSequenceClassification, "regression": LoraForSequenceClassification,
-                "token-classification": LoraForTokenClassification, "causal-lm": LoraForCausalLM}
+TASK_CLASSES = {task: cls for cls in HEAD_CLASSES for task in cls.training_tasks}
 
 
 def default_base_model() -> str:
@@ -687,7 +685,7 @@ def run_two_phase(
         # DDP's reducer expects a gradient for every parameter it was built with; a frozen one stalls it.
         raise DataError(f"`--pretrain_head_warmup_steps` runs in a single process; this run has {training_args.world_size}.")
     if run_pretrain:
-        (LoraForMaskedLM if encoder else LoraForCausalLM)._check_targets_on_meta(probe)
+        (LoraForMaskedLM if encoder else LoraForCausalLM).check_target_modules(probe)
     tokenizer = AutoTokenizer.from_pretrained(base)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -715,7 +713,7 @@ def run_two_phase(
         if task == "causal-lm" and encoder:
             raise DataError(f"`--task causal-lm` needs a decoder backbone; {backbone_config.model_type!r} is an encoder.")
         if probe is not None:  # the task model may have modules the pretrain model lacks (BERT's pooler)
-            TASK_CLASSES[task]._check_targets_on_meta(probe)
+            TASK_CLASSES[task].check_target_modules(probe)
     _check_predict(training_args, task_data, task, data_args)
 
     results = {"base_model": base, "task": task, "full_finetune": full, "precision": precision}
@@ -846,7 +844,7 @@ def _run_pretrain(base, encoder, lora_kwargs, texts, tokenizer, data_args, train
     model_class = LoraForMaskedLM if encoder else LoraForCausalLM
     model = model_class.from_base_model(base, **lora_kwargs)
     groups = model.config.phase_trainable["pretrain"]
-    untrained_head = set(model.newly_initialized_keys) & model._group_members("head")
+    untrained_head = set(model.newly_initialized_keys) & model.group_parameter_names("head")
     if untrained_head and "head" not in groups and "all" not in groups:
         # A base saved without its LM head (sentence-transformers checkpoints such as MiniLM) gets a
         # random head; frozen, it would turn the pretrain objective into noise. Train it too.
@@ -887,7 +885,7 @@ class _HeadWarmup(TrainerCallback):
     `.grad` is None, so a frozen one keeps its value and gets no moment or weight-decay update."""
 
     def __init__(self, model, steps: int):
-        head = model._group_members("head")
+        head = model.group_parameter_names("head")
         self.held = [p for n, p in model.named_parameters() if p.requires_grad and n not in head]
         self.steps = steps
 
@@ -1147,16 +1145,15 @@ def _print_table(results: dict, out: Path | None = None) -> None:
 
 def _usage_lines(out: Path, results: dict) -> list:
     """Where the model is and the one-line ways to use it (the final table's last lines)."""
-    from .hub import AUTO_CLASSES, PIPELINE_TAGS
-
     arch = (json.loads((out / "config.json").read_text()).get("architectures") or [""])[0] if (out / "config.json").is_file() else ""
-    if arch not in AUTO_CLASSES and results.get("task") in TASK_CLASSES:  # --full_finetune saves the plain transformers class
-        arch = TASK_CLASSES[results["task"]].__name__
+    heads = {cls.__name__: cls for cls in HEAD_CLASSES}
+    # --full_finetune saves the plain transformers class: the same Auto class and pipeline serve it.
+    head = heads.get(arch) or TASK_CLASSES.get(results.get("task"))
     lines = [f"saved to: {out}"]
-    if arch in AUTO_CLASSES:
-        lines.append(f"load:     import lora_hf; from transformers import {AUTO_CLASSES[arch]}; "
-                     f"model = {AUTO_CLASSES[arch]}.from_pretrained({str(out)!r})")
-        lines.append(f"pipeline: import lora_hf; from transformers import pipeline; pipe = pipeline({PIPELINE_TAGS[arch]!r}, model={str(out)!r})")
+    if head is not None:
+        auto = head.backbone_auto_class.__name__
+        lines.append(f"load:     import lora_hf; from transformers import {auto}; model = {auto}.from_pretrained({str(out)!r})")
+        lines.append(f"pipeline: import lora_hf; from transformers import pipeline; pipe = pipeline({head.pipeline_tag!r}, model={str(out)!r})")
     lines.append(f"card:     lora-hf card {out}")
     lines.append(f"push:     lora-hf push {out} <user>/<repo>")
     return lines
