@@ -11,7 +11,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -31,6 +30,7 @@ from transformers import (
 from transformers.modeling_outputs import MaskedLMOutput
 from transformers.utils import logging
 
+from .checkpoint_lora import atomic_write_all
 from .configuration_lora import GROUPS, PHASES, LoraConfig, check_group
 from .lora_layers import LoraEmbedding, _LoraLayer, attention_projections, inject_lora, lora_layers, unload_lora, weight_shape
 
@@ -52,7 +52,7 @@ __all__ = [
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 # The modules saved beside config.json for `trust_remote_code`.
-CODE_FILES = ("configuration_lora.py", "lora_layers.py", "modeling_lora.py")
+CODE_FILES = ("configuration_lora.py", "lora_layers.py", "checkpoint_lora.py", "modeling_lora.py")
 GENERATION_CONFIG_NAME = "generation_config.json"
 _CONFIG_OVERRIDES = ("num_labels", "id2label", "label2id", "problem_type")
 # from_pretrained's arguments, as PreTrainedModel.from_pretrained documents them: what goes to the base's load,
@@ -484,7 +484,7 @@ class LoraPreTrainedModel(PreTrainedModel):
         if isinstance(self.dtype, torch.dtype):
             self.config.dtype = self.dtype  # as transformers records it: `dtype="auto"` loads it back
         files.append((CONFIG_NAME, lambda tmp: self.config.to_json_file(tmp, use_diff=True)))
-        _atomic_write_all(Path(save_directory), files)  # weights first, config last
+        atomic_write_all(Path(save_directory), files)  # weights first, config last
         if push_to_hub:
             raise ValueError("`push_to_hub=True` in `save_pretrained`: call `model.push_to_hub(repo_id)` instead.")
 
@@ -1293,69 +1293,6 @@ def _zero3_gathered(tensors: list, modified: bool = False):
 def _auto_map() -> dict:
     heads = {cls.backbone_auto_class.__name__: f"modeling_lora.{cls.__name__}" for cls in HEAD_CLASSES}
     return {"AutoConfig": "configuration_lora.LoraConfig", **heads}
-
-
-def _atomic_write(path: Path, write) -> None:
-    """Write through `write(tmp_path)` then rename: readers see the old file or the new one, never half."""
-    _atomic_write_all(path.parent, [(path.name, write)])
-
-
-def _atomic_write_all(directory: Path, files: list) -> None:
-    """Write each `(name, write)` through `write(staged_path)`, then rename them all into `directory`, in order.
-
-    Nothing is renamed before every file is written, so a failed write (disk full) leaves all the
-    previous files as they were; each rename is atomic, so readers never see half a file. Files are
-    staged in a private `.lora_hf-save-<pid>-*` folder (safetensors adds its own temporary file
-    beside its target); the folders of saves whose process died are removed first.
-    """
-    for stale in directory.glob(".lora_hf-save-*"):
-        if not _pid_alive(stale.name.split("-")[2]):
-            shutil.rmtree(stale, ignore_errors=True)
-    staging = Path(tempfile.mkdtemp(dir=directory, prefix=f".lora_hf-save-{os.getpid()}-"))
-    try:
-        for name, write in files:
-            _write_staged(staging / name, write, directory)
-        for i, (name, _) in enumerate(files):
-            try:
-                os.replace(staging / name, directory / name)
-            except OSError as err:
-                done = ", ".join(n for n, _ in files[:i]) or "nothing"
-                raise OSError(err.errno, f"Could not rename the new {name} into {str(directory)!r} ({err.strerror or err}); replaced so far: {done}") from None
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-
-
-def _pid_alive(pid: str) -> bool:
-    try:
-        os.kill(int(pid), 0)
-    except (ValueError, ProcessLookupError):
-        return False
-    except PermissionError:  # alive, owned by someone else
-        return True
-    return True
-
-
-def _write_staged(path: Path, write, directory: Path) -> None:
-    try:
-        write(str(path))
-        with open(path, "rb") as f:
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(path, 0o666 & ~umask)  # temporary files are created 0600; give the file the usual permissions
-    except Exception as err:
-        # safetensors reports a failed write (disk full, quota) as SafetensorError "... (os error 28)".
-        code = err.errno if isinstance(err, OSError) else _os_error_code(err)
-        if code is None:
-            raise
-        raise OSError(
-            code, f"Could not write {path.name} in {str(directory)!r} ({os.strerror(code)}); the files already there are unchanged"
-        ) from None
-
-
-def _os_error_code(err: BaseException) -> int | None:
-    found = re.search(r"os error (\d+)", str(err))
-    return int(found.group(1)) if found and isinstance(err, Exception) else None
 
 
 def _resolve_file(name_or_path, filename: str, hub_kwargs: dict) -> str:

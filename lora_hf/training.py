@@ -59,7 +59,10 @@ from .data import (
 )
 from .metrics import load_metric
 from .modeling_lora import (
+    CODE_FILES,
+    CONFIG_NAME,
     HEAD_CLASSES,
+    WEIGHTS_NAME,
     LoraForCausalLM,
     LoraForMaskedLM,
     LoraPreTrainedModel,
@@ -1074,8 +1077,7 @@ def _count_params(model) -> tuple:
     return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
 
 
-_PUBLISHED = ("config.json", "model.safetensors", "configuration_lora.py", "lora_layers.py", "modeling_lora.py", "generation_config.json",
-              PREDICTIONS_NAME)
+_PUBLISHED = (CONFIG_NAME, WEIGHTS_NAME, *CODE_FILES, "generation_config.json", PREDICTIONS_NAME)
 
 
 def _publish_final(final_dir: Path, out: Path, tokenizer, results: dict, histories: dict) -> None:

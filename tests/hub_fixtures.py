@@ -76,7 +76,7 @@ def randomize(model, seed: int = 0, scale: float = 0.3, head: bool = True) -> No
         for _, layer in lora_layers(model):
             for param in (layer.lora_A, layer.lora_B):
                 param.copy_(torch.randn(param.shape, generator=gen) * scale)
-        for name in model._group_members("head") if head else ():
+        for name in model.group_parameter_names("head") if head else ():
             param = model.get_parameter(name)
             param.copy_(torch.randn(param.shape, generator=gen) * 0.1)
 
