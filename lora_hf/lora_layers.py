@@ -9,6 +9,7 @@ only `...query.lora_A` / `...query.lora_B` are added. That keeps base checkpoint
 as they are and makes `merge_and_unload` a matter of putting the original class back.
 """
 
+import contextlib
 import math
 import re
 
@@ -31,11 +32,54 @@ _LINEAR_TYPES = (nn.Linear, Conv1D)
 _INIT_CHOICES = ("kaiming", "gaussian")
 
 
+# ----- wrapped and sharded tensors (FSDP, DeepSpeed ZeRO-3) ------------------------------------
 def weight_shape(weight: torch.Tensor) -> torch.Size:
     """A weight's full shape, also under DeepSpeed ZeRO-3, whose partitioned weights have shape (0,) outside their forward."""
     return getattr(weight, "ds_shape", weight.shape)
 
 
+# Wrappers that put themselves into parameter names (FSDP1 units, activation checkpointing). Their state
+# dicts leave them out, and so do the names lora_hf groups, saves and loads.
+_WRAPPER_NAMES = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.")
+
+
+def unwrapped_name(name: str) -> str:
+    for wrapper in _WRAPPER_NAMES:
+        name = name.replace(wrapper, "")
+    return name
+
+
+def full_tensor(tensor: torch.Tensor) -> torch.Tensor:
+    """The whole tensor behind a shard, a collective every rank calls: a DTensor (FSDP2) on every rank, an FSDP1
+    `ShardedTensor` on rank 0 (the others get an empty tensor: they do not write). Other tensors as they are."""
+    if hasattr(tensor, "full_tensor") and hasattr(tensor, "device_mesh"):
+        return tensor.full_tensor()
+    if type(tensor).__name__ == "ShardedTensor":
+        shards = tensor.local_shards()
+        device = shards[0].tensor.device if shards else torch.device("cpu")
+        on_zero = torch.distributed.get_rank() == 0
+        full = torch.empty(tensor.size(), dtype=tensor.dtype, device=device) if on_zero else None
+        tensor.gather(dst=0, out=full)
+        return full if on_zero else torch.empty(0)
+    return tensor
+
+
+@contextlib.contextmanager
+def zero3_gathered(tensors: list, modified: bool = False):
+    """Whole weights inside the block under DeepSpeed ZeRO-3 (which keeps a slice of each per rank), partitioned
+    again after it, from the values written in it when `modified`. A collective: every rank runs it, and every rank
+    writes the same values. Without ZeRO-3, nothing happens."""
+    partitioned = [t for t in dict.fromkeys(tensors) if hasattr(t, "ds_id")]
+    if partitioned:
+        partitioned[0].all_gather(param_list=partitioned)
+    try:
+        yield
+    finally:
+        if partitioned:
+            partitioned[0].partition(param_list=partitioned, has_been_updated=modified)
+
+
+# ----- the layers --------------------------------------------------------------------------------
 class _LoraLayer(nn.Module):
     """What LoRA layers share: scaling, merge state, and the way back to the original layer."""
 

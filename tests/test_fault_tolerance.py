@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 
 import lora_hf
 from lora_hf import LoraConfig, LoraForSequenceClassification
-from lora_hf import modeling_lora
+from lora_hf import checkpoint_lora
 from lora_hf.training import main
 from reliability_fixtures import REPO, randomize_adapters, tiny_bert_config
 from train_fixtures import save_tiny_bert, sentences, write_csv
@@ -96,7 +96,7 @@ def test_sigkill_at_random_moments_during_save_pretrained_leaves_a_saved_version
     # The next save removes the staging folders the killed saves left behind.
     model.save_pretrained(directory, state_dict=versions[0], save_base=True)
     assert sorted(p.name for p in directory.iterdir()) == ["checkpoint_lora.py", "config.json", "configuration_lora.py",
-                                                           "lora_layers.py", "model.safetensors", "modeling_lora.py"]
+                                                           "loading_lora.py", "lora_layers.py", "model.safetensors", "modeling_lora.py"]
 
 
 def _save_stage(directory: Path) -> str:
@@ -139,7 +139,7 @@ def _full_disk_in_rename(src, dst):
 
 
 @pytest.mark.parametrize("failing, target, patch", [
-    ("model.safetensors", modeling_lora, ("save_file", _full_disk_in_safetensors)),
+    ("model.safetensors", checkpoint_lora, ("save_file", _full_disk_in_safetensors)),
     ("configuration_lora.py", shutil, ("copyfile", _full_disk_in_copy)),
     ("config.json", LoraConfig, ("to_json_file", _full_disk_in_json)),
     ("model.safetensors", os, ("replace", _full_disk_in_rename)),

@@ -21,6 +21,7 @@ from transformers.testing_utils import CaptureLogger
 from transformers.utils import logging
 
 from lora_hf import LoraConfig, LoraForCausalLM, LoraForMaskedLM, LoraForSequenceClassification, LoraModel
+from lora_hf.checkpoint_lora import same_base
 from tiny_backbones import inputs, randomize_adapters, tiny_config
 
 X = inputs()
@@ -75,7 +76,7 @@ def test_fingerprint_is_the_same_in_every_dtype(tiny_bases):
     model = classifier(tiny_bases)
     saved = model.base_fingerprint()
     for dtype in (torch.bfloat16, torch.float16):
-        assert copy.deepcopy(model).to(dtype)._same_base(saved)
+        assert same_base(copy.deepcopy(model).to(dtype), saved)
 
 
 # ----- 2. resize_token_embeddings --------------------------------------------------------------------

@@ -17,7 +17,7 @@ from lora_hf.training import main
 from reliability_fixtures import MARKER_NAME, _RunsShell, randomize_adapters, save_base
 from train_fixtures import save_tiny_bert, sentences, write_csv
 
-CODE_FILES = {"configuration_lora.py", "lora_layers.py", "checkpoint_lora.py", "modeling_lora.py"}
+CODE_FILES = {"configuration_lora.py", "lora_layers.py", "checkpoint_lora.py", "loading_lora.py", "modeling_lora.py"}
 SAVED_FILES = CODE_FILES | {"config.json", "model.safetensors"}
 
 
