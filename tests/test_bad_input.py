@@ -20,7 +20,8 @@ from safetensors.torch import load_file, save_file
 import lora_hf
 from lora_hf import LoraConfig, LoraForSequenceClassification
 from lora_hf.data import DataArguments, DataError, check_labels, infer_task, load_pretrain_texts, load_task_data
-from reliability_fixtures import REPO, copy_dir, edit_config, randomize_adapters, save_base, tiny_bert_config
+from reliability_fixtures import REPO, copy_dir, edit_config, save_base
+from tiny_backbones import randomize_adapters, tiny_config
 from train_fixtures import sentences, write_csv, write_jsonl
 
 
@@ -89,7 +90,7 @@ def load(path, **kwargs):
 
 
 def lora(**kwargs):
-    return LoraConfig(backbone_config=tiny_bert_config(), **kwargs)
+    return LoraConfig(backbone_config=tiny_config("bert"), **kwargs)
 
 
 def data_files(env, split_rows: dict, suffix=".csv", **flags) -> DataArguments:

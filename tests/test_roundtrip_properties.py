@@ -16,10 +16,11 @@ from pathlib import Path
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from transformers import BertConfig, BertModel, GPT2Config, GPT2Model
+from transformers import BertModel, GPT2Model
 
 from lora_hf import LoraConfig, LoraModel
 from lora_hf.lora_layers import lora_layers
+from tiny_backbones import randomize_adapters, tiny_config
 
 TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 0.1}
 PROPERTY = settings(deadline=None, database=None, suppress_health_check=list(HealthCheck), print_blob=True)
@@ -37,11 +38,11 @@ def setups(draw):
     vocab = draw(st.integers(16, 64))
     if family == "bert":
         inner = draw(st.integers(4, 48))
-        backbone = BertConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-                              intermediate_size=inner, max_position_embeddings=32)
+        backbone = tiny_config("bert", vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+                               intermediate_size=inner, max_position_embeddings=32)
         smallest, names = min(hidden, inner), BERT_TARGETS
     else:
-        backbone = GPT2Config(vocab_size=vocab, n_embd=hidden, n_layer=layers, n_head=heads, n_positions=32)
+        backbone = tiny_config("gpt2", vocab_size=vocab, n_embd=hidden, n_layer=layers, n_head=heads, n_positions=32)
         smallest, names = hidden, GPT2_TARGETS
     targets = draw(st.one_of(st.just("auto"), st.lists(st.sampled_from(names), min_size=1, max_size=len(names), unique=True)))
     lora = {
@@ -55,15 +56,11 @@ def setups(draw):
     return backbone, lora, dtype, draw(st.integers(0, 2**16))
 
 
-def trained_like_update(model, seed: int) -> None:
-    """Random adapters whose update `scale * B @ A` has entries of std 0.02, the size of the weights themselves
-    (as after training), whatever r and alpha: a huge alpha / r must not turn the test into one of rounding."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for _, layer in lora_layers(model):
-            std = (0.02 / (layer.scaling * layer.r**0.5)) ** 0.5  # std(B @ A) = std**2 * sqrt(r)
-            for param in (layer.lora_A, layer.lora_B):
-                param.copy_(torch.randn(param.shape, generator=gen) * std)
+def trained_like_std(layer) -> float:
+    """The std of A and B that gives the update `scale * B @ A` entries of std 0.02, the size of the weights
+    themselves (as after training), whatever r and alpha: a huge alpha / r must not turn the test into one of
+    rounding. std(B @ A) = std**2 * sqrt(r)."""
+    return (0.02 / (layer.scaling * layer.r**0.5)) ** 0.5
 
 
 def hidden_states(model, ids) -> torch.Tensor:
@@ -81,7 +78,7 @@ def test_merge_then_unmerge_restores_outputs(setup):
     backbone_config, lora, dtype, seed = setup
     torch.manual_seed(seed)
     model = LoraModel(LoraConfig(backbone_config=backbone_config, **lora)).to(dtype).eval()
-    trained_like_update(model, seed)
+    randomize_adapters(model, seed, scale=trained_like_std)
     ids = torch.randint(0, backbone_config.vocab_size, (2, 7), generator=torch.Generator().manual_seed(seed))
     weights = {name: layer.weight.detach().clone() for name, layer in lora_layers(model)}
     unmerged = hidden_states(model, ids)
@@ -106,7 +103,7 @@ def test_save_then_load_gives_the_same_outputs(setup, save_base):
     with tempfile.TemporaryDirectory() as tmp:
         bare.save_pretrained(Path(tmp) / "base")
         model = LoraModel.from_base_model(Path(tmp) / "base", dtype=dtype, **lora).eval()
-        trained_like_update(model, seed)
+        randomize_adapters(model, seed, scale=trained_like_std)
         expected = hidden_states(model, ids)
         model.save_pretrained(Path(tmp) / "saved", save_base=save_base)
         loaded = LoraModel.from_pretrained(Path(tmp) / "saved", dtype=dtype)
