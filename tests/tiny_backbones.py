@@ -8,7 +8,7 @@ Tolerances, one per dtype (`ATOL`), applied where the same numbers are computed 
 weight once to bf16's 8-bit mantissa, eps = 2**-8). Model logits are of order one and are compared in
 absolute terms; a single layer's outputs and weights are not, so layer tests scale the tolerance by the
 largest magnitude involved. Where the same arithmetic runs twice (save/load, step 0 against the base)
-the comparison is exact.
+the comparison is exact. The other bounds are named below `ATOL`, each with the reason it differs.
 """
 
 import importlib.util
@@ -23,7 +23,13 @@ import torch
 from transformers import BertConfig, DistilBertConfig, GPT2Config, GPTNeoXConfig, LlamaConfig, RobertaConfig
 
 VOCAB = 99
+
+# ----- tolerances (absolute), the one table ---------------------------------------------------------------
 ATOL = {torch.float32: 1e-5, torch.bfloat16: 2e-2}
+# Looser: bf16 merged against unmerged on random shapes, ranks, alphas: every merged weight rounds, 2 layers carry it (seen 0.047).
+ATOL_BF16_MERGED_ANY_SHAPE = 0.1
+# Weights (of order 0.1, not outputs) after merge then unmerge: one rounding step in bf16 (seen: fp32 7.5e-9, bf16 4.9e-4).
+ATOL_UNMERGED_WEIGHTS = {torch.float32: 1e-6, torch.bfloat16: 2e-3}
 
 _CONFIGS = {
     "bert": (BertConfig, dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37)),
