@@ -151,7 +151,7 @@ CONFIG_CASES = [
     Case("phase-trains-nothing", lambda env: LoraForSequenceClassification(lora(phase_trainable={"finetune": ["re:nomatch"]})),
          ValueError, ("['re:nomatch']", "selects no parameter", ALLOWED_GROUPS)),
     Case("set-unknown-phase", lambda env: LoraForSequenceClassification(lora()).set_phase("warmup"), ValueError,
-         ("'warmup'", "['pretrain', 'finetune']")),
+         ("Unknown phase 'warmup'", "['pretrain', 'finetune']")),
     Case("init-unknown", lambda env: lora(init_lora_weights="xavier"), ValueError, ("`init_lora_weights`", "'xavier'", "['kaiming', 'gaussian']")),
     Case("rslora-not-bool", lambda env: lora(use_rslora="yes"), ValueError, ("`use_rslora`", "'yes'", "True or False")),
     Case("backbone-unknown-type", lambda env: LoraConfig(backbone_config={"model_type": "nosuch"}), ValueError,
