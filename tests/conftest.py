@@ -15,7 +15,7 @@ def tiny_bases(tmp_path_factory):
     return save_tiny_bases(tmp_path_factory.mktemp("tiny_bases"))
 
 
-# A tiny saved base and a finished run, shared by test_hub.py and test_cards.py.
+# Tiny saved bases and a finished run, shared by test_hub.py, test_cards.py and test_peft_interop.py.
 @pytest.fixture(scope="module")
 def bases(tmp_path_factory):
     from hub_fixtures import save_bases

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import torch
 
+from tiny_backbones import VOCAB, randomize_adapters, tiny_config
+
 REPO = Path(__file__).resolve().parents[1]
-VOCAB = 99
-ATOL = 1e-5  # fp32 outputs compared across implementations (PEFT, the merged model)
 WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(VOCAB - 5)]
 # What a two-phase run records (the shape of lora_hf.training's run_record.json).
 RESULTS = {
@@ -27,21 +27,6 @@ RESULTS = {
 }
 
 
-def bert_config(**overrides):
-    from transformers import BertConfig
-
-    values = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
-                  max_position_embeddings=64, pad_token_id=0)
-    return BertConfig(**{**values, **overrides})
-
-
-def gpt2_config(**overrides):
-    from transformers import GPT2Config
-
-    values = dict(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=40, bos_token_id=1, eos_token_id=2, pad_token_id=0)
-    return GPT2Config(**{**values, **overrides})
-
-
 def tokenizer():
     """A WordPiece tokenizer over `w0 ... w93` and BERT's special tokens: 99 ids, like the tiny models."""
     from transformers import BertTokenizer
@@ -55,35 +40,16 @@ def save_bases(root: Path, hub_id: str | None = "hf-internal-testing/tiny-random
     from transformers import BertForMaskedLM, BertModel, GPT2LMHeadModel
 
     torch.manual_seed(0)
-    BertForMaskedLM(bert_config()).save_pretrained(root / "bert")
+    BertForMaskedLM(tiny_config("bert")).save_pretrained(root / "bert")
     tokenizer().save_pretrained(root / "bert")
     if hub_id:
         config_file = root / "bert" / "config.json"
         config_file.write_text(json.dumps({**json.loads(config_file.read_text()), "_name_or_path": hub_id}, indent=2))
     torch.manual_seed(1)
-    GPT2LMHeadModel(gpt2_config()).save_pretrained(root / "gpt2")
+    GPT2LMHeadModel(tiny_config("gpt2")).save_pretrained(root / "gpt2")
     torch.manual_seed(2)
-    BertModel(bert_config()).save_pretrained(root / "bert_encoder")
+    BertModel(tiny_config("bert")).save_pretrained(root / "bert_encoder")
     return {"bert": str(root / "bert"), "gpt2": str(root / "gpt2"), "bert_encoder": str(root / "bert_encoder")}
-
-
-def randomize(model, seed: int = 0, scale: float = 0.3, head: bool = True) -> None:
-    """Non-zero adapters (B starts at zero) and, with `head`, a re-drawn task head, so that both show in the outputs."""
-    from lora_hf.lora_layers import lora_layers
-
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for _, layer in lora_layers(model):
-            for param in (layer.lora_A, layer.lora_B):
-                param.copy_(torch.randn(param.shape, generator=gen) * scale)
-        for name in model.group_parameter_names("head") if head else ():
-            param = model.get_parameter(name)
-            param.copy_(torch.randn(param.shape, generator=gen) * 0.1)
-
-
-def inputs(batch: int = 2, length: int = 7, seed: int = 0) -> torch.Tensor:
-    gen = torch.Generator().manual_seed(seed)
-    return torch.randint(5, VOCAB, (batch, length), generator=gen)
 
 
 def classifier(base: str, seed: int = 0, **lora_kwargs):
@@ -92,7 +58,7 @@ def classifier(base: str, seed: int = 0, **lora_kwargs):
     torch.manual_seed(seed)
     kwargs = {"r": 4, "lora_alpha": 8, "num_labels": 3, **lora_kwargs}
     model = LoraForSequenceClassification.from_base_model(base, **kwargs)
-    randomize(model, seed)
+    randomize_adapters(model, seed, head_scale=0.1)  # a re-drawn head too, so that it shows in the outputs
     return model.eval()
 
 

@@ -1,4 +1,4 @@
-"""Tiny models and helpers shared by the reliability tests (bad input, faults, untrusted files, properties)."""
+"""Saved tiny bases and planted files shared by the reliability tests (bad input, faults, untrusted files, config fuzzing)."""
 
 import json
 import os
@@ -8,37 +8,19 @@ from pathlib import Path
 
 import torch
 
+from tiny_backbones import tiny_config
+
 REPO = Path(__file__).resolve().parents[1]
 MARKER_NAME = "PWNED"
 
 
-def tiny_bert_config(**overrides):
-    """The transformers "tester" size: vocab 99, hidden 32, 2 layers."""
-    from transformers import BertConfig
-
-    values = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
-                  max_position_embeddings=64)
-    return BertConfig(**{**values, **overrides})
-
-
 def save_base(path: Path, seed: int = 0, **overrides) -> str:
-    """A tiny BERT masked-LM base model saved with `save_pretrained` (no tokenizer)."""
+    """A tiny BERT masked-LM base model saved with `save_pretrained` (no tokenizer); `overrides` change its config."""
     from transformers import BertForMaskedLM
 
     torch.manual_seed(seed)
-    BertForMaskedLM(tiny_bert_config(**overrides)).save_pretrained(path)
+    BertForMaskedLM(tiny_config("bert", **overrides)).save_pretrained(path)
     return str(path)
-
-
-def randomize_adapters(model, seed: int = 0, scale: float = 0.05) -> None:
-    """Give every adapter a non-zero update (B starts at zero, which would make merge tests trivial)."""
-    from lora_hf.lora_layers import lora_layers
-
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for _, layer in lora_layers(model):
-            for param in (layer.lora_A, layer.lora_B):
-                param.copy_((torch.randn(param.shape, generator=gen) * scale).to(param.dtype))
 
 
 def copy_dir(src, dst: Path) -> Path:

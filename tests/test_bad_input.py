@@ -20,7 +20,8 @@ from safetensors.torch import load_file, save_file
 import lora_hf
 from lora_hf import LoraConfig, LoraForSequenceClassification
 from lora_hf.data import DataArguments, DataError, check_labels, infer_task, load_pretrain_texts, load_task_data
-from reliability_fixtures import REPO, copy_dir, edit_config, randomize_adapters, save_base, tiny_bert_config
+from reliability_fixtures import REPO, copy_dir, edit_config, save_base
+from tiny_backbones import randomize_adapters, tiny_config
 from train_fixtures import sentences, write_csv, write_jsonl
 
 
@@ -89,7 +90,7 @@ def load(path, **kwargs):
 
 
 def lora(**kwargs):
-    return LoraConfig(backbone_config=tiny_bert_config(), **kwargs)
+    return LoraConfig(backbone_config=tiny_config("bert"), **kwargs)
 
 
 def data_files(env, split_rows: dict, suffix=".csv", **flags) -> DataArguments:
@@ -150,7 +151,7 @@ CONFIG_CASES = [
     Case("phase-trains-nothing", lambda env: LoraForSequenceClassification(lora(phase_trainable={"finetune": ["re:nomatch"]})),
          ValueError, ("['re:nomatch']", "selects no parameter", ALLOWED_GROUPS)),
     Case("set-unknown-phase", lambda env: LoraForSequenceClassification(lora()).set_phase("warmup"), ValueError,
-         ("'warmup'", "['pretrain', 'finetune']")),
+         ("Unknown phase 'warmup'", "['pretrain', 'finetune']")),
     Case("init-unknown", lambda env: lora(init_lora_weights="xavier"), ValueError, ("`init_lora_weights`", "'xavier'", "['kaiming', 'gaussian']")),
     Case("rslora-not-bool", lambda env: lora(use_rslora="yes"), ValueError, ("`use_rslora`", "'yes'", "True or False")),
     Case("backbone-unknown-type", lambda env: LoraConfig(backbone_config={"model_type": "nosuch"}), ValueError,

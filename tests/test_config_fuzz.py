@@ -12,7 +12,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from lora_hf import LoraConfig, LoraForSequenceClassification
-from reliability_fixtures import randomize_adapters, save_base
+from reliability_fixtures import save_base
+from tiny_backbones import randomize_adapters
 
 FUZZ = settings(deadline=None, database=None, suppress_health_check=list(HealthCheck), print_blob=True)
 OUTCOMES = collections.defaultdict(collections.Counter)  # test -> outcome -> count, for docs/reliability.md

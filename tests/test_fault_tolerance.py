@@ -21,7 +21,8 @@ import lora_hf
 from lora_hf import LoraConfig, LoraForSequenceClassification
 from lora_hf import checkpoint_lora
 from lora_hf.training import main
-from reliability_fixtures import REPO, randomize_adapters, tiny_bert_config
+from reliability_fixtures import REPO
+from tiny_backbones import randomize_adapters, tiny_config
 from train_fixtures import save_tiny_bert, sentences, write_csv
 
 KILLS = 20
@@ -45,8 +46,8 @@ def test_sigkill_at_random_moments_during_save_pretrained_leaves_a_saved_version
     After each kill the directory loads and gives exactly the outputs of one of the versions.
     """
     # Large enough (6.5 MB of safetensors) that kills land inside the weights write.
-    config = tiny_bert_config(vocab_size=8000, hidden_size=128, num_hidden_layers=4, intermediate_size=256,
-                              max_position_embeddings=128)
+    config = tiny_config("bert", vocab_size=8000, hidden_size=128, num_hidden_layers=4, intermediate_size=256,
+                         max_position_embeddings=128)
     torch.manual_seed(0)
     model = LoraForSequenceClassification(LoraConfig(backbone_config=config, r=8)).eval()
     randomize_adapters(model)
@@ -112,7 +113,7 @@ def _save_stage(directory: Path) -> str:
 # ----- a full disk ------------------------------------------------------------------------------
 def _small_saved_model(tmp_path):
     torch.manual_seed(0)
-    model = LoraForSequenceClassification(LoraConfig(backbone_config=tiny_bert_config(), r=4)).eval()
+    model = LoraForSequenceClassification(LoraConfig(backbone_config=tiny_config("bert"), r=4)).eval()
     randomize_adapters(model, seed=1)
     directory = tmp_path / "saved"
     model.save_pretrained(directory, save_base=True)
@@ -175,11 +176,13 @@ def tiny_tmpfs(tmp_path):
 
 
 def test_a_really_full_disk_keeps_the_previous_save(tiny_tmpfs):
+    # Sizes matter here: the small model, built from a config and so saved whole, fits in the 256 KiB with 64
+    # positions (0.21 MB with its code), not with the tiny BERT's 512 (0.27 MB); the big one is 0.7 MB.
     torch.manual_seed(0)
-    small = LoraForSequenceClassification(LoraConfig(backbone_config=tiny_bert_config(), r=4))
-    small.save_pretrained(tiny_tmpfs / "model")  # adapters only: a few KB
+    small = LoraForSequenceClassification(LoraConfig(backbone_config=tiny_config("bert", max_position_embeddings=64), r=4))
+    small.save_pretrained(tiny_tmpfs / "model")
     before = snapshot(tiny_tmpfs / "model")
-    big = LoraForSequenceClassification(LoraConfig(backbone_config=tiny_bert_config(vocab_size=4000), r=4))
+    big = LoraForSequenceClassification(LoraConfig(backbone_config=tiny_config("bert", vocab_size=4000, max_position_embeddings=64), r=4))
     with pytest.raises(OSError) as raised:
         big.save_pretrained(tiny_tmpfs / "model", save_base=True)  # 0.7 MB does not fit in 256 KiB
     assert raised.value.errno == errno.ENOSPC and "model.safetensors" in str(raised.value)

@@ -13,7 +13,7 @@ import torch
 from transformers import AutoModelForCausalLM, GenerationConfig
 
 from lora_hf import LoraForCausalLM
-from tiny_backbones import DECODERS, inputs, randomize_adapters
+from tiny_backbones import ATOL, DECODERS, inputs, randomize_adapters
 
 PROMPT = inputs(batch=2, length=5, seed=3)
 MASK = torch.ones_like(PROMPT)
@@ -55,10 +55,20 @@ def test_dict_outputs_scores_and_kv_cache(tiny_bases, name):
     ours, theirs = generate(lora, **kwargs), generate(plain, **kwargs)
     assert torch.equal(ours.sequences, theirs.sequences)
     for a, b in zip(ours.scores, theirs.scores):
-        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(a, b, rtol=0, atol=ATOL[torch.float32])
     assert ours.past_key_values is not None and ours.past_key_values.get_seq_length() == ours.sequences.shape[1] - 1
+
+
+@pytest.mark.parametrize("name", DECODERS)
+def test_greedy_generate_with_the_kv_cache_equals_generate_without(tiny_bases, name):
+    lora, _ = pair(tiny_bases, name, trained=True)
+    cached = generate(lora, do_sample=False, use_cache=True)
+    assert cached.shape == (2, PROMPT.shape[1] + 8) and torch.equal(cached[:, :PROMPT.shape[1]], PROMPT)
     # Without the cache every step recomputes the whole prefix: the same tokens.
-    assert torch.equal(generate(lora, use_cache=False), generate(lora))
+    assert torch.equal(generate(lora, do_sample=False, use_cache=False), cached)
+    # The adapters take part: the same base with B = 0 generates something else.
+    fresh, _ = pair(tiny_bases, name, trained=False)
+    assert not torch.equal(generate(fresh, do_sample=False), cached)
 
 
 @pytest.mark.parametrize("name", DECODERS)

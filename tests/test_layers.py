@@ -11,7 +11,7 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from lora_hf import LoraEmbedding, LoraLinear
-from tiny_backbones import ATOL
+from tiny_backbones import ATOL, randomize_adapters
 
 IN, OUT = 8, 6
 
@@ -26,9 +26,7 @@ def make_layer(kind, dtype=torch.float32, **kwargs):
         base = Conv1D(OUT, IN) if kind == "conv1d" else nn.Linear(IN, OUT, bias=kind == "linear")
         layer = LoraLinear(base, r=2, lora_alpha=4, **kwargs)
         x = torch.randn(2, 3, IN)
-    with torch.no_grad():
-        layer.lora_A.normal_()
-        layer.lora_B.normal_()
+    randomize_adapters(layer, scale=1.0)
     layer.to(dtype)
     return layer, x.to(dtype) if x.is_floating_point() else x
 
@@ -74,7 +72,7 @@ def test_lora_linear_gradients_equal_autograd_of_the_formula(kind, dropout):
 @pytest.mark.parametrize("kind", ["linear", "conv1d"])
 def test_under_bf16_autocast_the_hand_written_backward_matches_autograd(kind, dropout):
     """fp32 layer, bf16 autocast: outputs in bf16, gradients equal autograd's of the formula under the same
-    autocast to ATOL[bf16] of their largest magnitude (the two sum in a different order; seen: 4.4e-3),
+    autocast to ATOL[bf16] of their largest magnitude (the two sum in a different order; seen: 6.8e-3),
     and the adapters' gradients come back in fp32 (master weights)."""
     layer, x = make_layer(kind, lora_dropout=dropout)
     layer.train()

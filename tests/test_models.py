@@ -1,5 +1,5 @@
-"""The model classes: every head on every backbone it exists for, generation with the KV cache, Auto
-registration, which modules `target_modules="auto"` picks, and `from_base_model`'s step-0 equality."""
+"""The model classes: every head on every backbone it exists for, Auto registration, which modules
+`target_modules="auto"` picks, and `from_base_model`'s step-0 equality (generation: test_generation.py)."""
 
 import pytest
 import torch
@@ -54,22 +54,6 @@ def test_every_head_returns_the_plain_backbone_output_and_loss_and_trains_its_ad
         else:
             ours.last_hidden_state.pow(2).sum().backward()  # a plain sum after LayerNorm is constant
         assert all(layer.lora_B.grad is not None and layer.lora_B.grad.abs().sum() > 0 for _, layer in lora_layers(model)), head.__name__
-
-
-@pytest.mark.parametrize("name", DECODERS)
-def test_greedy_generate_with_the_kv_cache_equals_generate_without(name):
-    torch.manual_seed(0)
-    model = LoraForCausalLM(LoraConfig(backbone_config=tiny_config(name), r=2)).eval()
-    randomize_adapters(model)
-    prompt = inputs(batch=2, length=4)
-    cached = model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=8, do_sample=False, use_cache=True, pad_token_id=0)
-    uncached = model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=8, do_sample=False, use_cache=False, pad_token_id=0)
-    assert cached.shape == (2, 12) and torch.equal(cached[:, :4], prompt)
-    assert torch.equal(cached, uncached)
-    # The adapters take part: the same base weights with B = 0 generate something else.
-    torch.manual_seed(0)
-    plain = LoraForCausalLM(LoraConfig(backbone_config=tiny_config(name), r=2)).eval()
-    assert not torch.equal(plain.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=8, do_sample=False, pad_token_id=0), cached)
 
 
 def test_import_registers_the_config_and_every_auto_class():

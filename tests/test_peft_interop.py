@@ -1,7 +1,7 @@
 """Leaving lora_hf and coming back: the merged plain model, and PEFT's adapter format both ways.
 
-Outputs are compared in fp32 at 1e-5 absolute (ATOL): the merged model, PEFT's LoRA layers and ours
-run the same arithmetic in a different order. peft is needed by these tests only.
+Outputs are compared in fp32 at `ATOL[torch.float32]` (1e-5 absolute): the merged model, PEFT's LoRA layers
+and ours run the same arithmetic in a different order. peft is needed by these tests only.
 """
 
 import json
@@ -11,20 +11,17 @@ import torch
 from safetensors import safe_open
 
 import lora_hf
-from hub_fixtures import ATOL, classifier, inputs, randomize, run_without_lora_hf, save_bases, tokenizer
+from hub_fixtures import classifier, run_without_lora_hf, tokenizer
 from lora_hf import LoraForCausalLM, LoraForMaskedLM, LoraForSequenceClassification
 from lora_hf.peft_interop import merge_to_plain, read_peft_adapter
+from tiny_backbones import ATOL, inputs, randomize_adapters, tiny_config
 
 peft = pytest.importorskip("peft")
 
 BACKBONES = ("bert", "gpt2")
 # Plain-transformers keyword arguments that make the base match the lora_hf model's head.
 HEAD_KWARGS = {"bert": {"num_labels": 3}, "gpt2": {"num_labels": 3, "pad_token_id": 0}}
-
-
-@pytest.fixture(scope="module")
-def bases(tmp_path_factory):
-    return save_bases(tmp_path_factory.mktemp("bases"))
+TOL = ATOL[torch.float32]
 
 
 def plain_classifier(base: str, name: str):
@@ -62,7 +59,7 @@ def test_exported_adapter_loads_in_peft_with_identical_outputs(bases, tmp_path, 
     assert head in config["modules_to_save"]
 
     loaded = peft.PeftModel.from_pretrained(plain_classifier(bases[name], name), tmp_path / "peft").eval()
-    torch.testing.assert_close(out(loaded), out(model), rtol=0, atol=ATOL)
+    torch.testing.assert_close(out(loaded), out(model), rtol=0, atol=TOL)
     # Key names and shapes are exactly the ones PEFT writes for the same adapter.
     with safe_open(str(tmp_path / "peft" / "adapter_model.safetensors"), framework="pt") as f:
         ours = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
@@ -80,12 +77,12 @@ def test_exported_causal_lm_adapter_loads_in_peft(bases, tmp_path):
 
     torch.manual_seed(0)
     model = LoraForCausalLM.from_base_model(bases["gpt2"], r=4, lora_alpha=8)
-    randomize(model)
+    randomize_adapters(model, head_scale=0.1)
     model.save_peft_adapter(tmp_path)
     config, _ = read_peft_adapter(tmp_path)
     assert config["task_type"] == "CAUSAL_LM" and config["modules_to_save"] is None  # the tied LM head was not trained
     loaded = peft.PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(bases["gpt2"]), tmp_path).eval()
-    torch.testing.assert_close(out(loaded), out(model.eval()), rtol=0, atol=ATOL)
+    torch.testing.assert_close(out(loaded), out(model.eval()), rtol=0, atol=TOL)
 
 
 def test_trained_embeddings_and_lm_head_go_to_modules_to_save(bases, tmp_path):
@@ -95,7 +92,7 @@ def test_trained_embeddings_and_lm_head_go_to_modules_to_save(bases, tmp_path):
     torch.manual_seed(0)
     model = LoraForMaskedLM.from_base_model(bases["bert"], r=4, lora_alpha=8)
     model.set_phase("pretrain")  # lora + embeddings
-    randomize(model, head=False)
+    randomize_adapters(model)
     with torch.no_grad():
         model.get_input_embeddings().weight.add_(0.5)  # shared with the tied decoder
     model.save_peft_adapter(tmp_path)
@@ -103,15 +100,13 @@ def test_trained_embeddings_and_lm_head_go_to_modules_to_save(bases, tmp_path):
     assert config["task_type"] is None
     assert {"bert.embeddings.word_embeddings", "cls.predictions.decoder"} <= set(config["modules_to_save"])
     loaded = peft.PeftModel.from_pretrained(AutoModelForMaskedLM.from_pretrained(bases["bert"]), tmp_path).eval()
-    torch.testing.assert_close(out(loaded), out(model.eval()), rtol=0, atol=ATOL)
+    torch.testing.assert_close(out(loaded), out(model.eval()), rtol=0, atol=TOL)
 
 
 @pytest.mark.parametrize("name, modules_to_save", [("roberta", None), ("distilbert", ["classifier", "pre_classifier"])])
 def test_heads_peft_matches_by_suffix_are_saved_whole_and_once(tmp_path, name, modules_to_save):
     """PEFT's `classifier` entry also wraps DistilBERT's `pre_classifier`, and wraps RoBERTa's two-layer head as one module."""
     from transformers import AutoModel, AutoModelForSequenceClassification
-
-    from tiny_backbones import tiny_config
 
     torch.manual_seed(0)
     AutoModel.from_config(tiny_config(name)).save_pretrained(tmp_path / "base")
@@ -120,7 +115,7 @@ def test_heads_peft_matches_by_suffix_are_saved_whole_and_once(tmp_path, name, m
     assert read_peft_adapter(tmp_path / "peft")[0]["modules_to_save"] == modules_to_save
     plain = AutoModelForSequenceClassification.from_pretrained(tmp_path / "base", num_labels=3)
     loaded = peft.PeftModel.from_pretrained(plain, tmp_path / "peft").eval()
-    torch.testing.assert_close(out(loaded), out(model), rtol=0, atol=ATOL)
+    torch.testing.assert_close(out(loaded), out(model), rtol=0, atol=TOL)
 
 
 def test_export_refuses_a_trained_weight_inside_a_lora_module(bases, tmp_path):
@@ -157,7 +152,7 @@ def test_a_peft_adapter_imports_with_identical_outputs_and_survives_a_save(bases
     model = LoraForSequenceClassification.from_peft_adapter(tmp_path / "peft", **({"pad_token_id": 0} if name == "gpt2" else {}))
     assert model.config.r == 4 and model.config.lora_alpha == 16 and model.config.use_rslora is use_rslora
     assert model.config.backbone_config.num_labels == 3  # read off the saved head, PEFT does not record it
-    torch.testing.assert_close(out(model), out(reference), rtol=0, atol=ATOL)
+    torch.testing.assert_close(out(model), out(reference), rtol=0, atol=TOL)
     model.save_pretrained(tmp_path / "lora")
     again = LoraForSequenceClassification.from_pretrained(tmp_path / "lora")
     torch.testing.assert_close(out(again), out(model), rtol=0, atol=0)
@@ -229,4 +224,4 @@ def test_merged_directory_loads_with_plain_transformers_and_matches(bases, tmp_p
         assert type(model).__module__.startswith("transformers.models."), type(model).__module__
         print(json.dumps(model(torch.tensor({inputs().tolist()})).logits.tolist()))
     """)
-    torch.testing.assert_close(torch.tensor(got), out(model), rtol=0, atol=ATOL)
+    torch.testing.assert_close(torch.tensor(got), out(model), rtol=0, atol=TOL)

@@ -49,12 +49,6 @@ def test_the_attention_group_is_the_weights_and_biases_of_the_attention_projecti
     assert len(trainable_names(model)) >= len(model.lora_module_names)
 
 
-def test_an_unknown_phase_is_refused_naming_the_defined_ones():
-    model = LoraForSequenceClassification(LoraConfig(backbone_config=tiny_config("bert"), r=2))
-    with pytest.raises(ValueError, match=r"Unknown phase 'warmup'.*\['pretrain', 'finetune'\]"):
-        model.set_phase("warmup")
-
-
 def test_parameter_groups_split_the_parameters_by_requires_grad():
     model = LoraForCausalLM(LoraConfig(backbone_config=tiny_config("gpt2"), r=2))
     model.set_phase("pretrain")

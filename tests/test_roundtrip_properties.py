@@ -3,11 +3,12 @@
 - merge, then unmerge: the merged model gives the unmerged outputs, and unmerging restores them;
 - save, then load (adapters only on a saved base, or everything): the loaded model gives the same outputs.
 
-One stated tolerance per dtype, on outputs of order one (the backbone's last hidden state, after LayerNorm):
-fp32 atol 1e-5 (worst seen over 400 random cases: 1.4e-6). bf16 atol 0.1: merging rounds W + scale * B @ A
-to bf16's 8-bit mantissa (a relative 2^-8 = 0.4% per weight) and that rounding passes through up to two layers
-(worst seen: 0.047). Unmerged base weights come back within 1e-6 in fp32 (seen: 7.5e-9) and 2e-3 in bf16, one
-rounding step (seen: 4.9e-4). A save/load round trip rounds nothing: it is compared bit for bit in both dtypes.
+One stated tolerance per dtype (tiny_backbones' table), on outputs of order one (the backbone's last hidden state,
+after LayerNorm): fp32 `ATOL[torch.float32]` = 1e-5 (worst seen over 400 random cases: 1.4e-6). bf16
+`ATOL_BF16_MERGED_ANY_SHAPE` = 0.1: merging rounds W + scale * B @ A to bf16's 8-bit mantissa (a relative
+2^-8 = 0.4% per weight) and that rounding passes through up to two layers (worst seen: 0.047). Unmerged base
+weights come back within `ATOL_UNMERGED_WEIGHTS`: 1e-6 in fp32 (seen: 7.5e-9) and 2e-3 in bf16, one rounding
+step (seen: 4.9e-4). A save/load round trip rounds nothing: it is compared bit for bit in both dtypes.
 """
 
 import tempfile
@@ -16,12 +17,13 @@ from pathlib import Path
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from transformers import BertConfig, BertModel, GPT2Config, GPT2Model
+from transformers import BertModel, GPT2Model
 
 from lora_hf import LoraConfig, LoraModel
 from lora_hf.lora_layers import lora_layers
+from tiny_backbones import ATOL, ATOL_BF16_MERGED_ANY_SHAPE, ATOL_UNMERGED_WEIGHTS, randomize_adapters, tiny_config
 
-TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 0.1}
+TOLERANCE = {torch.float32: ATOL[torch.float32], torch.bfloat16: ATOL_BF16_MERGED_ANY_SHAPE}
 PROPERTY = settings(deadline=None, database=None, suppress_health_check=list(HealthCheck), print_blob=True)
 BERT_TARGETS = ["query", "key", "value", "attention.output.dense", "intermediate.dense", "word_embeddings"]
 GPT2_TARGETS = ["c_attn", "c_proj", "c_fc", "wte"]
@@ -37,11 +39,11 @@ def setups(draw):
     vocab = draw(st.integers(16, 64))
     if family == "bert":
         inner = draw(st.integers(4, 48))
-        backbone = BertConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-                              intermediate_size=inner, max_position_embeddings=32)
+        backbone = tiny_config("bert", vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+                               intermediate_size=inner, max_position_embeddings=32)
         smallest, names = min(hidden, inner), BERT_TARGETS
     else:
-        backbone = GPT2Config(vocab_size=vocab, n_embd=hidden, n_layer=layers, n_head=heads, n_positions=32)
+        backbone = tiny_config("gpt2", vocab_size=vocab, n_embd=hidden, n_layer=layers, n_head=heads, n_positions=32)
         smallest, names = hidden, GPT2_TARGETS
     targets = draw(st.one_of(st.just("auto"), st.lists(st.sampled_from(names), min_size=1, max_size=len(names), unique=True)))
     lora = {
@@ -55,15 +57,11 @@ def setups(draw):
     return backbone, lora, dtype, draw(st.integers(0, 2**16))
 
 
-def trained_like_update(model, seed: int) -> None:
-    """Random adapters whose update `scale * B @ A` has entries of std 0.02, the size of the weights themselves
-    (as after training), whatever r and alpha: a huge alpha / r must not turn the test into one of rounding."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for _, layer in lora_layers(model):
-            std = (0.02 / (layer.scaling * layer.r**0.5)) ** 0.5  # std(B @ A) = std**2 * sqrt(r)
-            for param in (layer.lora_A, layer.lora_B):
-                param.copy_(torch.randn(param.shape, generator=gen) * std)
+def trained_like_std(layer) -> float:
+    """The std of A and B that gives the update `scale * B @ A` entries of std 0.02, the size of the weights
+    themselves (as after training), whatever r and alpha: a huge alpha / r must not turn the test into one of
+    rounding. std(B @ A) = std**2 * sqrt(r)."""
+    return (0.02 / (layer.scaling * layer.r**0.5)) ** 0.5
 
 
 def hidden_states(model, ids) -> torch.Tensor:
@@ -81,7 +79,7 @@ def test_merge_then_unmerge_restores_outputs(setup):
     backbone_config, lora, dtype, seed = setup
     torch.manual_seed(seed)
     model = LoraModel(LoraConfig(backbone_config=backbone_config, **lora)).to(dtype).eval()
-    trained_like_update(model, seed)
+    randomize_adapters(model, seed, scale=trained_like_std)
     ids = torch.randint(0, backbone_config.vocab_size, (2, 7), generator=torch.Generator().manual_seed(seed))
     weights = {name: layer.weight.detach().clone() for name, layer in lora_layers(model)}
     unmerged = hidden_states(model, ids)
@@ -93,7 +91,7 @@ def test_merge_then_unmerge_restores_outputs(setup):
     model.unmerge_adapter()
     close(hidden_states(model, ids), unmerged, dtype)
     for name, layer in lora_layers(model):  # the base weights come back (to one rounding step in bf16)
-        torch.testing.assert_close(layer.weight, weights[name], rtol=0, atol=1e-6 if dtype == torch.float32 else 2e-3)
+        torch.testing.assert_close(layer.weight, weights[name], rtol=0, atol=ATOL_UNMERGED_WEIGHTS[dtype])
 
 
 @settings(PROPERTY, max_examples=40)
@@ -106,7 +104,7 @@ def test_save_then_load_gives_the_same_outputs(setup, save_base):
     with tempfile.TemporaryDirectory() as tmp:
         bare.save_pretrained(Path(tmp) / "base")
         model = LoraModel.from_base_model(Path(tmp) / "base", dtype=dtype, **lora).eval()
-        trained_like_update(model, seed)
+        randomize_adapters(model, seed, scale=trained_like_std)
         expected = hidden_states(model, ids)
         model.save_pretrained(Path(tmp) / "saved", save_base=save_base)
         loaded = LoraModel.from_pretrained(Path(tmp) / "saved", dtype=dtype)

@@ -14,7 +14,8 @@ from transformers import AutoConfig, AutoModelForSequenceClassification
 import lora_hf
 from lora_hf import LoraForSequenceClassification
 from lora_hf.training import main
-from reliability_fixtures import MARKER_NAME, _RunsShell, randomize_adapters, save_base
+from reliability_fixtures import MARKER_NAME, _RunsShell, save_base
+from tiny_backbones import randomize_adapters
 from train_fixtures import save_tiny_bert, sentences, write_csv
 
 CODE_FILES = {"configuration_lora.py", "lora_layers.py", "checkpoint_lora.py", "loading_lora.py", "modeling_lora.py"}

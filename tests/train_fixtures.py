@@ -5,6 +5,8 @@ import json
 import random
 from pathlib import Path
 
+from tiny_backbones import tiny_config
+
 POSITIVE = "good great fine lovely superb happy brilliant".split()
 NEGATIVE = "bad awful poor dull terrible sad boring".split()
 FILLER = "the movie film plot was is a very quite and story acting".split()
@@ -49,27 +51,26 @@ def word_tokenizer(extra: tuple = ()):
 def save_tiny_bert(path: Path) -> str:
     """Tiny BERT with a masked-LM head and the MiniLM WordPiece tokenizer (a real vocabulary)."""
     import torch
-    from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
+    from transformers import AutoTokenizer, BertForMaskedLM
 
     from lora_hf.training import default_base_model
 
     tokenizer = AutoTokenizer.from_pretrained(default_base_model())
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                        intermediate_size=37, max_position_embeddings=64)
-    BertForMaskedLM(config).save_pretrained(path)
+    BertForMaskedLM(tiny_config("bert", vocab_size=tokenizer.vocab_size, max_position_embeddings=64)).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return str(path)
 
 
 def save_tiny_gpt2(path: Path) -> str:
+    """Tiny GPT-2 with its LM head and the fixtures' word-level tokenizer."""
     import torch
-    from transformers import GPT2Config, GPT2LMHeadModel
+    from transformers import GPT2LMHeadModel
 
     tokenizer = word_tokenizer()
     torch.manual_seed(0)
-    config = GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=2, n_head=4, n_positions=64,
-                        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    config = tiny_config("gpt2", vocab_size=len(tokenizer), n_positions=64, bos_token_id=tokenizer.eos_token_id,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     GPT2LMHeadModel(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return str(path)
