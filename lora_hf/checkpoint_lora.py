@@ -9,7 +9,6 @@ import base64
 import hashlib
 import json
 import os
-import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save
 from torch import nn
 from transformers.utils import logging
 
@@ -174,7 +173,9 @@ def write_model_dir(model, save_directory, tensors: dict, full_state: dict, new_
                 "architecture": architecture}
     if new_rows:
         metadata["lora_hf_new_rows"] = json.dumps(new_rows, sort_keys=True)
-    files = [(WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata=metadata))]
+    # Serialised in memory, then written by Python: a full disk is then an OSError with its errno (safetensors'
+    # own writer reports it only inside a message). Costs one copy of the file in memory: kilobytes for adapters.
+    files = [(WEIGHTS_NAME, lambda tmp: write_bytes(tmp, save(tensors, metadata=metadata)))]
     here = Path(__file__).parent
     files += [(name, lambda tmp, src=here / name: shutil.copyfile(src, tmp)) for name in CODE_FILES]
     if model.can_generate() and model.generation_config is not None:
@@ -377,11 +378,13 @@ def _report(model, plan: LoadPlan, fresh: list, saved_class: str, reinit_targets
         )
 
 
-def read_safetensors(path: str) -> tuple:
+def read_safetensors(path, tensors: bool = True) -> tuple:
+    """`(state, metadata)` of a safetensors file; with `tensors=False`, `state` maps each key to None (the header only).
+    A corrupt file is an `OSError` naming it. safetensors never unpickles, so any file may be read."""
     try:
-        with safe_open(path, framework="pt") as f:
+        with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
-            state = {k: f.get_tensor(k) for k in f.keys()}
+            state = {k: f.get_tensor(k) if tensors else None for k in f.keys()}
     except Exception as err:  # safetensors raises its own error types for corrupt files
         raise OSError(f"{path} is not a readable safetensors file ({type(err).__name__}: {err}).") from None
     return state, metadata
@@ -471,16 +474,14 @@ def _write_staged(path: Path, write, directory: Path) -> None:
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(path, 0o666 & ~umask)  # temporary files are created 0600; give the file the usual permissions
-    except Exception as err:
-        # safetensors reports a failed write (disk full, quota) as SafetensorError "... (os error 28)".
-        code = err.errno if isinstance(err, OSError) else _os_error_code(err)
-        if code is None:
+    except OSError as err:
+        if err.errno is None:
             raise
         raise OSError(
-            code, f"Could not write {path.name} in {str(directory)!r} ({os.strerror(code)}); the files already there are unchanged"
+            err.errno, f"Could not write {path.name} in {str(directory)!r} ({os.strerror(err.errno)}); the files already there are unchanged"
         ) from None
 
 
-def _os_error_code(err: BaseException) -> int | None:
-    found = re.search(r"os error (\d+)", str(err))
-    return int(found.group(1)) if found and isinstance(err, Exception) else None
+def write_bytes(path, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)

@@ -11,7 +11,7 @@ import torch
 from transformers import CONFIG_MAPPING, AutoConfig, PretrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
-__all__ = ["LoraConfig", "PHASES", "GROUPS"]
+__all__ = ["LoraConfig", "PHASES", "GROUPS", "is_encoder"]
 
 PHASES = ("pretrain", "finetune")
 GROUPS = ("lora", "embeddings", "head", "attention", "norm", "bias", "all")
@@ -35,10 +35,11 @@ class LoraConfig(PretrainedConfig):
         r (`int`, defaults to 8): rank of the update `B @ A`.
         lora_alpha (`float`, defaults to 16): the update is scaled by `lora_alpha / r`.
         lora_dropout (`float`, defaults to 0.0): dropout on the LoRA branch input, in [0, 1).
-        target_modules (`"auto"` or `list[str]`): module-name suffixes or `re:` regexes; `"auto"` picks the
-            attention projections (fused QKV, else query and value).
+        target_modules (`"auto"` or `list[str]`): module-name suffixes or `re:` regexes; `"auto"` wraps every
+            attention projection: query, key, value and the output projection (or a fused QKV and the output).
         use_rslora (`bool`, defaults to False): scale by `lora_alpha / sqrt(r)` instead.
-        init_lora_weights (`str`, defaults to `"kaiming"`): `"kaiming"` (A Kaiming-uniform) or `"gaussian"`; B is zero.
+        init_lora_weights (`str`, defaults to `"kaiming"`): `"kaiming"` (A Kaiming-uniform) or `"gaussian"` (A normal,
+            std 1/r); B is zero. Embedding layers start with A at zero and B normal under either (as PEFT's do).
         phase_trainable (`dict[str, list[str]]`): phase (`pretrain`, `finetune`) -> groups it trains, from
             `lora`, `embeddings`, `head`, `attention`, `norm`, `bias`, `all` or `re:<regex on parameter names>`.
 
@@ -281,3 +282,11 @@ def _compile(pattern: str, field: str, value: str):
         return re.compile(pattern)
     except re.error as err:
         raise ValueError(f"`{field}` item {value!r} is not a valid regex: {err}.") from None
+
+
+def is_encoder(backbone_config) -> bool:
+    """Whether the backbone is a bidirectional encoder with a masked-LM head (BERT, RoBERTa): its pretrain phase is
+    masked LM; otherwise causal LM. The one test for it, read by training and the model card."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+    return backbone_config.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES and not getattr(backbone_config, "is_decoder", False)

@@ -5,7 +5,6 @@ Everything here checks its input before any training starts and says what is wro
 
 import math
 import os
-import re
 import subprocess
 import sys
 import tarfile
@@ -191,14 +190,22 @@ def _load_files(files: dict, flag: str) -> DatasetDict:
     data = DatasetDict()
     # One split at a time: splits whose columns differ are then reported by the column check, split by split.
     for split, path in files.items():
+        if not any(_has_rows(p, loader) for p in (path if isinstance(path, list) else [path])):
+            raise DataError(f"Split {split!r} is empty: {path} holds no rows.")
         try:
             data[split] = load_dataset(loader, data_files={split: path}, **kwargs)[split]
         except Exception as err:  # datasets wraps parser errors in many types
-            if re.search(r'Instruction "(\w+)" corresponds to no data', str(err)):
-                raise DataError(f"Split {split!r} is empty: {path} holds no rows.") from None
             reason = " ".join(str(err).split())[:300]
             raise DataError(f"Could not read {path} as {loader}: {type(err).__name__}: {reason}") from None
     return data
+
+
+def _has_rows(path: str, loader: str) -> bool:
+    """Whether `path` holds at least one data row (csv: a line after the header); reads at most two lines."""
+    needed = 2 if loader == "csv" else 1
+    with open(path, encoding="utf-8", errors="replace") as f:
+        lines = (line for line in f if line.strip())
+        return sum(1 for _ in zip(range(needed), lines)) == needed
 
 
 def load_task_data(args: DataArguments) -> DatasetDict:

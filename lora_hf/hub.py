@@ -22,11 +22,11 @@ from pathlib import Path
 from huggingface_hub import CommitOperationAdd, EvalResult, HfApi, ModelCard, ModelCardData
 from huggingface_hub.repocard_data import eval_results_to_model_index, model_index_to_eval_results
 from huggingface_hub.utils import HFValidationError, validate_repo_id
-from safetensors import safe_open
-from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
 from transformers.utils import logging
 
-from .configuration_lora import PHASES
+from .checkpoint_lora import atomic_write_text, read_safetensors
+from .configuration_lora import PHASES, is_encoder
+from .loading_lora import quiet_transformers
 from .model_dir import check_model_dir, model_class, run_command, tokenizer_files
 from .modeling_lora import CODE_FILES, CONFIG_NAME, WEIGHTS_NAME
 
@@ -193,11 +193,9 @@ def _count_parameters(config, encoder: bool) -> dict:
     final = model_class(config)
     classes = {"pretrain": modeling_lora.LoraForMaskedLM if encoder else modeling_lora.LoraForCausalLM, "finetune": final}
     counts = {}
-    verbosity = logging.get_verbosity()
-    logging.set_verbosity_error()
     try:
         for phase in config.phase_trainable:
-            with torch.device("meta"):
+            with torch.device("meta"), quiet_transformers():
                 model = classes.get(phase, final)(copy.deepcopy(config))
             names = model.phase_parameter_names(phase)
             params = dict(model.named_parameters())
@@ -208,8 +206,6 @@ def _count_parameters(config, encoder: bool) -> dict:
                 counts["groups"] = [g for g in config.trained_groups if g != "lora" and model.group_parameter_names(g)]
     except Exception as err:  # a card must not fail because a count could not be made
         logger.warning(f"Could not count the parameters for the model card ({type(err).__name__}: {err}).")
-    finally:
-        logging.set_verbosity(verbosity)
     return counts
 
 
@@ -296,11 +292,10 @@ def _card_inputs(model_dir: Path, results: dict | None, repo_id: str | None, lic
     pipeline_tag = head.pipeline_tag
     backbone = config.backbone_config
     # As training decides: masked-LM pretraining where the architecture has a masked-LM head.
-    encoder = backbone.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES and not getattr(backbone, "is_decoder", False)
+    encoder = is_encoder(backbone)
     base_model, base_note = hub_base_model(config.base_model_name_or_path)
-    with safe_open(str(model_dir / WEIGHTS_NAME), framework="pt") as f:
-        saved_format = (f.metadata() or {}).get("lora_hf_format", "adapter")
-        n_tensors = len(list(f.keys()))
+    keys, metadata = read_safetensors(model_dir / WEIGHTS_NAME, tensors=False)
+    saved_format, n_tensors = metadata.get("lora_hf_format", "adapter"), len(keys)
     adapter_only = saved_format != "full"
     size_mb = (model_dir / WEIGHTS_NAME).stat().st_size / 2**20
     weights_description = (
@@ -449,9 +444,7 @@ def write_model_card(model_dir, results: dict | None = None, *, overwrite: bool 
             "(`lora-hf card --overwrite`) to replace it with a generated card."
         )
     card = build_model_card(model_dir, results, **kwargs)
-    tmp = path.with_name(f".{CARD_NAME}.tmp")
-    tmp.write_text(str(card), encoding="utf-8")
-    tmp.replace(path)
+    atomic_write_text(path, str(card))
     return path
 
 
@@ -609,8 +602,7 @@ def _commit(repo_id: str, uploads: dict, *, private, token, revision, commit_mes
 
 
 def _weights_format(path: Path) -> str:
-    with safe_open(str(path), framework="pt") as f:
-        return (f.metadata() or {}).get("lora_hf_format", "adapter")
+    return read_safetensors(path, tensors=False)[1].get("lora_hf_format", "adapter")
 
 
 # ----- the commands -----------------------------------------------------------------------------

@@ -295,7 +295,7 @@ def _size_differences(base, saved_config, hub_kwargs: dict) -> str:
 
 def base_hub_kwargs(hub_kwargs: dict) -> dict:
     # The subfolder and revision belong to the adapter repo, not to the base model's.
-    return {k: v for k, v in hub_kwargs.items() if k in ("cache_dir", "force_download", "local_files_only", "token")}
+    return {k: v for k, v in hub_kwargs.items() if k not in ("revision", "subfolder")}
 
 
 def resolve_dtype(dtype, torch_dtype):

@@ -18,6 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
+from .configuration_lora import INIT_CHOICES
+
 __all__ = [
     "LoraLinear",
     "LoraEmbedding",
@@ -29,7 +31,6 @@ __all__ = [
 ]
 
 _LINEAR_TYPES = (nn.Linear, Conv1D)
-_INIT_CHOICES = ("kaiming", "gaussian")
 
 
 # ----- wrapped and sharded tensors (FSDP, DeepSpeed ZeRO-3) ------------------------------------
@@ -80,6 +81,11 @@ def zero3_gathered(tensors: list, modified: bool = False):
 
 
 # ----- the layers --------------------------------------------------------------------------------
+def _check_init(init_lora_weights: str) -> None:
+    if init_lora_weights not in INIT_CHOICES:
+        raise ValueError(f"`init_lora_weights` must be one of {list(INIT_CHOICES)}, got {init_lora_weights!r}.")
+
+
 class _LoraLayer(nn.Module):
     """What LoRA layers share: scaling, merge state, and the way back to the original layer."""
 
@@ -177,6 +183,7 @@ class LoraLinear(_LoraLayer):
     @torch.no_grad()
     def reset_lora_parameters(self, init_lora_weights: str = "kaiming") -> None:
         # B starts at zero: the model equals its base at step 0.
+        _check_init(init_lora_weights)
         if init_lora_weights == "gaussian":
             nn.init.normal_(self.lora_A, std=1.0 / self.r)
         else:
@@ -303,7 +310,9 @@ class LoraEmbedding(_LoraLayer):
 
     @torch.no_grad()
     def reset_lora_parameters(self, init_lora_weights: str = "kaiming") -> None:
-        # A starts at zero: the model equals its base at step 0.
+        # A starts at zero: the model equals its base at step 0. B is normal under either init, as in PEFT:
+        # an embedding's input is one-hot, so there is no fan-in for Kaiming's scale to follow.
+        _check_init(init_lora_weights)
         nn.init.zeros_(self.lora_A)
         nn.init.normal_(self.lora_B)
 

@@ -279,8 +279,17 @@ class LoraPreTrainedModel(PreTrainedModel):
         self._record_trained(phase)
 
     def _record_trained(self, phase: str) -> None:
-        # The groups a phase trained are saved with the adapters and required when loading them.
-        for group in self.config.phase_trainable[phase]:
+        self.mark_trained(self.config.phase_trainable[phase])
+
+    def mark_trained(self, groups: list) -> None:
+        """Record `groups` in `config.trained_groups` (the one writer): their tensors are saved with the adapters
+        and required when loading them. `set_phase` and `save_pretrained` call it for the active phase.
+
+        Example:
+            >>> model.mark_trained(["head"])
+        """
+        for group in groups:
+            check_group(group, "trained_groups")
             if group not in self.config.trained_groups:
                 self.config.trained_groups.append(group)
 

@@ -14,16 +14,16 @@ Example:
 
 import argparse
 import json
-import os
 import re
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save
 from transformers.utils import logging
 
 from .model_dir import check_output_dir, copy_tokenizer_files, load_model_dir, run_command
+from .checkpoint_lora import atomic_write_all, read_safetensors, write_bytes
+from .loading_lora import HUB_KWARGS, quiet_transformers
 from .modeling_lora import HEAD_CLASSES, head_class
 
 logger = logging.get_logger(__name__)
@@ -189,21 +189,9 @@ def save_peft_adapter(model, save_directory, base_model_name_or_path: str | None
     labels = _labels_of(model)
     if labels:
         metadata["lora_hf_labels"] = json.dumps(labels, sort_keys=True)
-    _replace(out / ADAPTER_WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata=metadata))
-    _replace(out / ADAPTER_CONFIG_NAME, lambda tmp: Path(tmp).write_text(json.dumps(adapter_config, indent=2, sort_keys=True) + "\n"))
+    atomic_write_all(out, [(ADAPTER_WEIGHTS_NAME, lambda tmp: write_bytes(tmp, save(tensors, metadata=metadata))),
+                           (ADAPTER_CONFIG_NAME, lambda tmp: Path(tmp).write_text(json.dumps(adapter_config, indent=2, sort_keys=True) + "\n"))])
     return out
-
-
-def _replace(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        write(str(tmp))
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # safetensors writes through a 0600 temporary file; give the usual permissions
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 # ----- PEFT -> lora_hf --------------------------------------------------------------------------
@@ -236,11 +224,7 @@ def read_peft_adapter(peft_dir) -> tuple:
             f"The adapter was initialised with `init_lora_weights` = {adapter_config['init_lora_weights']!r}, which changes the "
             "base weights; lora_hf imports adapters trained on an unmodified base only."
         )
-    try:
-        with safe_open(str(weights_file), framework="pt") as f:
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as err:  # safetensors raises its own error types for corrupt files
-        raise OSError(f"{weights_file} is not a readable safetensors file ({type(err).__name__}: {err}).") from None
+    tensors = read_safetensors(weights_file)[0]
     outside = [k for k in tensors if not k.startswith(PEFT_PREFIX)]
     if outside:
         raise ValueError(f"{weights_file} has keys outside `{PEFT_PREFIX}` ({outside[:4]}); it is not a LoRA adapter of a transformers model.")
@@ -287,8 +271,7 @@ def peft_label_kwargs(peft_dir) -> dict:
     Example:
         >>> AutoModelForSequenceClassification.from_pretrained("demo-peft", **peft_label_kwargs("demo-peft"))
     """
-    with safe_open(str(Path(peft_dir) / ADAPTER_WEIGHTS_NAME), framework="pt") as f:
-        metadata = f.metadata() or {}
+    metadata = read_safetensors(Path(peft_dir) / ADAPTER_WEIGHTS_NAME, tensors=False)[1]
     if "lora_hf_labels" not in metadata:
         return {}
     try:
@@ -310,7 +293,7 @@ def _label_kwargs(model_class, base, others: dict, kwargs: dict, peft_dir=None) 
         return recorded
     from transformers import AutoConfig
 
-    hub = {k: kwargs[k] for k in ("cache_dir", "token", "local_files_only", "revision") if k in kwargs}
+    hub = {k: kwargs[k] for k in HUB_KWARGS if k in kwargs}  # as from_base_model passes them for the same base
     base_config = AutoConfig.from_pretrained(base, **hub)
     counts = [base_config.num_labels] + sorted({t.shape[0] for t in others.values() if t.dim() == 2} - {base_config.num_labels})
     for count in counts:
@@ -344,29 +327,26 @@ def load_peft_adapter(model_class, peft_dir, base_model_name_or_path: str | None
     if ranks != {r}:
         raise ValueError(f"The adapter's tensors have ranks {sorted(ranks)} but its config says `r` = {r!r}; lora_hf holds one rank.")
     init = "gaussian" if adapter_config.get("init_lora_weights") == "gaussian" else "kaiming"
-    verbosity = logging.get_verbosity()
     try:
         label_kwargs = _label_kwargs(model_class, base, others, kwargs, peft_dir)
         # The base's load report would call the head "newly initialized"; the adapter supplies it (checked below).
-        logging.set_verbosity_error()
-        model = model_class.from_base_model(
-            base,
-            r=r,
-            lora_alpha=adapter_config.get("lora_alpha", 8),
-            lora_dropout=adapter_config.get("lora_dropout", 0.0),
-            target_modules=sorted(lora),
-            use_rslora=bool(adapter_config.get("use_rslora", False)),
-            init_lora_weights=init,
-            **label_kwargs,
-            **kwargs,
-        )
+        with quiet_transformers():
+            model = model_class.from_base_model(
+                base,
+                r=r,
+                lora_alpha=adapter_config.get("lora_alpha", 8),
+                lora_dropout=adapter_config.get("lora_dropout", 0.0),
+                target_modules=sorted(lora),
+                use_rslora=bool(adapter_config.get("use_rslora", False)),
+                init_lora_weights=init,
+                **label_kwargs,
+                **kwargs,
+            )
     except OSError as err:
         raise OSError(
             f"Could not load the base model {base!r} of the adapter in {str(peft_dir)!r} ({str(err).splitlines()[0]}). "
             "Point to a local copy with `base_model_name_or_path=\"/path/to/base\"`."
         ) from None
-    finally:
-        logging.set_verbosity(verbosity)
     backbone = model.backbone
     own = dict(backbone.state_dict(keep_vars=True))
     problems = []
@@ -409,9 +389,7 @@ def _keep_saved_modules(model, others: dict) -> None:
     rest = sorted({n.rpartition(".")[0] for n in names - head})
     if rest:
         groups.append("re:^(?:" + "|".join(re.escape(m) for m in rest) + r")\.")
-    for group in groups:
-        if group not in model.config.trained_groups:
-            model.config.trained_groups.append(group)
+    model.mark_trained(groups)
 
 
 # ----- the commands -----------------------------------------------------------------------------

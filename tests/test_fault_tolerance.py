@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 import lora_hf
@@ -120,9 +119,9 @@ def _small_saved_model(tmp_path):
     return model, directory
 
 
-def _full_disk_in_safetensors(tensors, filename, metadata=None):
-    Path(filename).write_bytes(b"\0" * 4096)  # part of it reached the disk
-    raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+def _full_disk_in_weights(filename, data):
+    Path(filename).write_bytes(data[:4096])  # part of it reached the disk
+    raise OSError(errno.ENOSPC, "No space left on device")
 
 
 def _full_disk_in_copy(src, dst, **kwargs):
@@ -140,7 +139,7 @@ def _full_disk_in_rename(src, dst):
 
 
 @pytest.mark.parametrize("failing, target, patch", [
-    ("model.safetensors", checkpoint_lora, ("save_file", _full_disk_in_safetensors)),
+    ("model.safetensors", checkpoint_lora, ("write_bytes", _full_disk_in_weights)),
     ("configuration_lora.py", shutil, ("copyfile", _full_disk_in_copy)),
     ("config.json", LoraConfig, ("to_json_file", _full_disk_in_json)),
     ("model.safetensors", os, ("replace", _full_disk_in_rename)),
