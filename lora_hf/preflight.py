@@ -8,7 +8,8 @@ Example:
 import os
 from pathlib import Path
 
-from transformers import AutoConfig, TrainingArguments
+from datasets import DatasetDict
+from transformers import AutoConfig, PretrainedConfig, TrainingArguments
 from transformers.utils import logging
 
 from .data import DataArguments, DataError
@@ -71,7 +72,7 @@ def _hub_offline() -> bool:
     return bool(constants.HF_HUB_OFFLINE) or os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
 
 
-def check_base_model(base: str):
+def check_base_model(base: str) -> PretrainedConfig:
     """The backbone config of `--model_name_or_path`, once it is known to be a directory or a Hub model with safetensors weights."""
     if base.startswith(("/", ".", "~")) and not os.path.isdir(base):
         raise DataError(f"`--model_name_or_path` {base!r} is not a directory; pass a local model directory or a Hub id ('user/name').")
@@ -111,7 +112,7 @@ def _check_hub_model(base: str) -> None:
         ) from None
 
 
-def check_predict(args: TrainingArguments, task_data, task: Task | None, data_args: DataArguments) -> None:
+def check_predict(args: TrainingArguments, task_data: DatasetDict | None, task: Task | None, data_args: DataArguments) -> None:
     """`--do_predict` needs a test split the task can predict; without it, a test split lacking labels is pointed out."""
     test = task_data["test"] if task_data is not None and "test" in task_data else None
     has_labels = test is not None and data_args.label_column in test.column_names

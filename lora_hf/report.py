@@ -8,7 +8,7 @@ Example:
 import json
 from pathlib import Path
 
-from transformers import TrainingArguments
+from transformers import PreTrainedModel, TrainingArguments
 
 from .modeling_lora import CONFIG_NAME, HEAD_CLASSES, LoraPreTrainedModel
 from .tasks import TASKS
@@ -27,7 +27,7 @@ def announce_precision(args: TrainingArguments) -> dict:
     return {"precision": precision, "reason": reason}
 
 
-def print_phase_header(phase: str, objective: str, data: str, model) -> None:
+def print_phase_header(phase: str, objective: str, data: str, model: PreTrainedModel) -> None:
     """What a phase is about to do: its objective and data, the groups it trains and how many parameters that is."""
     print(f"\n==== {phase} phase: {objective} on {data}")
     if isinstance(model, LoraPreTrainedModel):

@@ -20,6 +20,7 @@ import re
 import shutil
 from pathlib import Path
 
+from transformers import PreTrainedTokenizerBase
 from transformers.utils import logging
 
 from .checkpoint_lora import atomic_write_all, atomic_write_text
@@ -185,7 +186,7 @@ def write_json(path: Path, payload: dict) -> None:
     atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=True, default=str))
 
 
-def publish_final(final_dir: Path, out: Path, tokenizer, results: dict, histories: dict) -> None:
+def publish_final(final_dir: Path, out: Path, tokenizer: PreTrainedTokenizerBase, results: dict, histories: dict) -> None:
     """Copy the last phase's model to the top directory, with results, the loss picture and the card."""
     items = [item for item in final_dir.iterdir() if item.is_file() and item.name in PUBLISHED]
     atomic_write_all(out, [(item.name, lambda tmp, source=item: shutil.copyfile(source, tmp)) for item in items])

@@ -12,9 +12,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-from transformers import DataCollatorForLanguageModeling, DataCollatorForTokenClassification, DataCollatorWithPadding
+from datasets import Dataset, DatasetDict
+from transformers import DataCollatorForLanguageModeling, DataCollatorForTokenClassification, DataCollatorWithPadding, PreTrainedTokenizerBase
 from transformers.utils import logging
 
+from .data import DataArguments
 from .metrics import load_metric
 from .modeling_lora import HEAD_CLASSES
 
@@ -61,7 +63,7 @@ class Task:
 
 
 # ----- tokenisation ---------------------------------------------------------------------------
-def tokenize_text(ds, tokenizer, data_args, columns: list):
+def tokenize_text(ds: Dataset, tokenizer: PreTrainedTokenizerBase, data_args: DataArguments, columns: list) -> Dataset:
     """Tokenize `columns[0]` (and `--text_pair_column` where `ds` has it), truncating to `--max_seq_length` with a warning."""
     too_long = 0
 
@@ -79,7 +81,7 @@ def tokenize_text(ds, tokenizer, data_args, columns: list):
     return out
 
 
-def encode_task(task: Task, data, tokenizer, data_args, labels: list | None) -> dict:
+def encode_task(task: Task, data: DatasetDict, tokenizer: PreTrainedTokenizerBase, data_args: DataArguments, labels: list | None) -> dict:
     """Each split of `data` tokenized for `task`, keyed by split name."""
     return {split: task.encode(ds, split, tokenizer, data_args, labels) for split, ds in data.items()}
 

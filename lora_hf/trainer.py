@@ -10,7 +10,7 @@ import hashlib
 import math
 
 import torch
-from transformers import DataCollatorForLanguageModeling, Trainer, TrainerCallback
+from transformers import DataCollatorForLanguageModeling, PreTrainedModel, Trainer, TrainerCallback
 from transformers.utils import logging
 
 from .metrics import load_metric
@@ -138,7 +138,7 @@ class HeadWarmup(TrainerCallback):
         >>> trainer = LoraTrainer(model=model, args=args, callbacks=[HeadWarmup(model, steps=50)])
     """
 
-    def __init__(self, model, steps: int):
+    def __init__(self, model: LoraPreTrainedModel, steps: int):
         head = model.group_parameter_names("head")
         self.held = [p for n, p in model.named_parameters() if p.requires_grad and n not in head]
         self.steps = steps
@@ -154,7 +154,7 @@ class HeadWarmup(TrainerCallback):
                 p.requires_grad_(True)
 
 
-def count_params(model) -> tuple:
+def count_params(model: PreTrainedModel) -> tuple:
     """`(trainable, total)` parameter counts of a lora_hf or plain transformers model."""
     if isinstance(model, LoraPreTrainedModel):
         return model.get_nb_trainable_parameters()

@@ -19,11 +19,13 @@ import pickle
 import re
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from transformers import AutoModel, AutoTokenizer, TrainingArguments, set_seed
+from datasets import Dataset
+from transformers import AutoModel, AutoTokenizer, PreTrainedModel, TrainingArguments, set_seed
 from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
 from transformers.utils import logging
 
@@ -367,8 +369,9 @@ class TwoPhaseRun:
         return model
 
     # ----- one phase -----------------------------------------------------------------------------
-    def train_phase(self, model, args: TrainingArguments, train, evals, test, collator, phase_dir: Path, compute_metrics=None,
-                    predict: bool = False, callbacks: list | None = None) -> dict:
+    def train_phase(self, model: PreTrainedModel, args: TrainingArguments, train: Dataset, evals: Dataset | None, test: Dataset | None,
+                    collator: Callable, phase_dir: Path, compute_metrics: Callable | None = None, predict: bool = False,
+                    callbacks: list | None = None) -> dict:
         """Train, evaluate (and predict) one phase, save its model, and write `phase_results.json` last; return what it holds."""
         if isinstance(self.training_args, LoraTrainingArguments) and not self.training_args.do_eval:
             evals = None  # --do_eval false (a plain TrainingArguments' do_eval only mirrors its eval_strategy)
