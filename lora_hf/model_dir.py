@@ -82,18 +82,21 @@ def copy_tokenizer_files(source, destination) -> list:
     return names
 
 
-def check_output_dir(out, source=None, overwrite: bool = False) -> Path:
+def check_output_dir(out, source=None, overwrite: bool = False, *, name: str = "The output",
+                     not_empty_hint: str = "pass a new directory or --overwrite", error: type = OSError) -> Path:
     """`out` as a `Path`, refusing a file, the source directory itself, or a non-empty directory without `overwrite`.
 
-    Nothing is created: the writer makes the directory once there is something to write.
+    Nothing is created: the writer makes the directory once there is something to write. `name` is how
+    the messages call the output, `not_empty_hint` what they suggest for a non-empty one, and `error` the
+    exception a file or a non-empty directory raises (`lora-hf train` says `--output_dir` and raises DataError).
     """
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise OSError(f"The output {str(out)!r} is a file; pass a directory.")
+        raise error(f"{name} {str(out)!r} is a file; pass a directory.")
     if source is not None and out.exists() and Path(source).exists() and os.path.samefile(out, source):
-        raise ValueError(f"The output {str(out)!r} is the input directory; pass a new directory.")
+        raise ValueError(f"{name} {str(out)!r} is the input directory; pass a new directory.")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise OSError(f"The output {str(out)!r} is not empty; pass a new directory or --overwrite.")
+        raise error(f"{name} {str(out)!r} is not empty; {not_empty_hint}.")
     return out
 
 

@@ -71,7 +71,7 @@ def arm(point: str) -> None:
 
         Trainer.save_state = patched
     elif kind == "between-phases":
-        training._run_finetune = lambda *args, **kwargs: _die()
+        training.TwoPhaseRun.finetune = lambda *args, **kwargs: _die()
     else:
         raise SystemExit(f"unknown kill point {point!r}")
 

@@ -21,7 +21,7 @@ import lora_hf
 from lora_hf import training
 
 RECORD = Path(os.environ["LORA_HF_RANK_DIR"])
-_run_two_phase, _train_phase = training.run_two_phase, training._train_phase
+_run_two_phase, _train_phase = training.run_two_phase, training.TwoPhaseRun.train_phase
 
 
 def run_two_phase(model_args, lora_args, data_args, training_args, phase_args=None):
@@ -32,8 +32,8 @@ def run_two_phase(model_args, lora_args, data_args, training_args, phase_args=No
     return _run_two_phase(model_args, lora_args, data_args, training_args, phase_args)
 
 
-def train_phase(model, args, *rest, **kwargs):
-    done = _train_phase(model, args, *rest, **kwargs)
+def train_phase(self, model, args, *rest, **kwargs):
+    done = _train_phase(self, model, args, *rest, **kwargs)
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     params = dict(model.named_parameters())
     tensors = {}
@@ -50,7 +50,7 @@ def train_phase(model, args, *rest, **kwargs):
     return done
 
 
-training.run_two_phase, training._train_phase = run_two_phase, train_phase
+training.run_two_phase, training.TwoPhaseRun.train_phase = run_two_phase, train_phase
 
 if __name__ == "__main__":
     script = sys.argv[1]

@@ -338,12 +338,12 @@ def test_ignore_base_mismatch_loads_the_adapters_onto_another_base(env):
 def test_rows_longer_than_max_length_are_truncated_with_a_warning(caplog):
     from datasets import Dataset
 
-    from lora_hf.training import _tokenize_text
+    from lora_hf.tasks import tokenize_text
     from train_fixtures import word_tokenizer
 
     ds = Dataset.from_dict({"text": [" ".join(["good"] * 50), "bad film"]})
-    with caplog.at_level(logging.WARNING, logger="lora_hf.training"):
-        out = _tokenize_text(ds, word_tokenizer(), DataArguments(max_seq_length=8), ["text"])
+    with caplog.at_level(logging.WARNING, logger="lora_hf.tasks"):
+        out = tokenize_text(ds, word_tokenizer(), DataArguments(max_seq_length=8), ["text"])
     assert [len(ids) for ids in out["input_ids"]] == [8, 2]
     assert "1 of 2 texts are longer than --max_seq_length 8 tokens and were truncated" in caplog.text
 

@@ -242,6 +242,16 @@ def test_targets_are_checked_on_the_model_of_each_phase_that_runs(bert_dir, csv_
     assert {k for k in saved if "pooler.dense.lora_" in k} == {"backbone.bert.pooler.dense.lora_A", "backbone.bert.pooler.dense.lora_B"}
 
 
+def test_the_task_registry_has_every_task_flag_and_takes_each_model_class_from_the_head_that_declares_it():
+    from lora_hf.data import TASKS as TASK_FLAGS
+    from lora_hf.modeling_lora import HEAD_CLASSES
+    from lora_hf.tasks import TASKS
+
+    assert set(TASKS) == set(TASK_FLAGS) - {"auto"}
+    declared = {task: cls for cls in HEAD_CLASSES for task in cls.training_tasks}
+    assert {name: task.model_class for name, task in TASKS.items()} == declared
+
+
 def test_defaults_group_batches_by_length_and_skip_pinning_without_cuda(tmp_path):
     from lora_hf.training import parse_args
 
@@ -255,7 +265,8 @@ def test_defaults_group_batches_by_length_and_skip_pinning_without_cuda(tmp_path
 def test_pretrained_weights_train_at_the_fine_tuning_rate_and_new_ones_at_the_lora_rate(bert_dir, tmp_path):
     from transformers import Trainer
 
-    from lora_hf.training import LoraTrainingArguments, _Trainer
+    from lora_hf.trainer import LoraTrainer
+    from lora_hf.training import LoraTrainingArguments
 
     model = lora_hf.LoraForSequenceClassification.from_base_model(bert_dir, r=2, num_labels=2)
     model.config.phase_trainable["finetune"] = ["lora", "head", "embeddings"]
@@ -263,7 +274,7 @@ def test_pretrained_weights_train_at_the_fine_tuning_rate_and_new_ones_at_the_lo
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     args = LoraTrainingArguments(output_dir=str(tmp_path), learning_rate=2e-3, pretrained_learning_rate=5e-5, weight_decay=0.01,
                                  eval_strategy="no")
-    trainer = _Trainer(model=model, args=args)
+    trainer = LoraTrainer(model=model, args=args)
     optimizer = trainer.create_optimizer()
     names = {id(p): n for n, p in model.named_parameters()}
     rate = {names[id(p)]: g["lr"] for g in optimizer.param_groups for p in g["params"]}
@@ -283,7 +294,7 @@ def test_pretrained_weights_train_at_the_fine_tuning_rate_and_new_ones_at_the_lo
     assert {round(lr / initial, 9) for lr, initial in rates} == {round(scheduler.get_last_lr()[0] / 2e-3, 9)}  # one schedule, both rates
 
     args = LoraTrainingArguments(output_dir=str(tmp_path), learning_rate=2e-3, pretrained_learning_rate=None, eval_strategy="no")
-    assert {g["lr"] for g in _Trainer(model=model, args=args).create_optimizer().param_groups} == {2e-3}  # one rate, as Trainer
+    assert {g["lr"] for g in LoraTrainer(model=model, args=args).create_optimizer().param_groups} == {2e-3}  # one rate, as Trainer
 
 
 def test_a_card_the_user_wrote_in_the_output_directory_is_kept(bert_dir, csv_data, tmp_path):
