@@ -28,7 +28,8 @@ from .checkpoint_lora import atomic_write_text, read_safetensors
 from .configuration_lora import PHASES, is_encoder
 from .loading_lora import quiet_transformers
 from .model_dir import check_model_dir, model_class, run_command, tokenizer_files
-from .modeling_lora import CODE_FILES, CONFIG_NAME, WEIGHTS_NAME
+from .checkpoint_lora import CODE_FILES, CONFIG_NAME, GENERATION_CONFIG_NAME, WEIGHTS_NAME
+from .run_dir import LOSS_PICTURE, RECORD_NAME, RESULTS_NAME
 
 logger = logging.get_logger(__name__)
 
@@ -47,10 +48,6 @@ __all__ = [
 
 TEMPLATE_NAME = "lora_model_card.md"
 CARD_NAME = "README.md"
-LOSS_PICTURE = "loss_curve.png"
-RESULTS_NAME = "all_results.json"  # flat metrics, as the HF example scripts write them
-RECORD_NAME = "run_record.json"  # lora-hf train's structured record of both phases: what the card reads
-GENERATION_CONFIG_NAME = "generation_config.json"
 # Marks a card this module rendered; a README.md without it was written by a person and is pushed as it is.
 GENERATED_MARK = "lora_hf:generated-card"
 

@@ -30,7 +30,7 @@ from .checkpoint_lora import (
     collect_tensors,
     write_model_dir,
 )
-from .loading_lora import check_base_weights, load_base_model, load_pretrained
+from .loading_lora import load_base_model, load_pretrained
 from .configuration_lora import GROUPS, PHASES, LoraConfig, check_group
 from .lora_layers import LoraEmbedding, _LoraLayer, attention_projections, inject_lora, lora_layers, unload_lora, unwrapped_name
 
@@ -47,7 +47,6 @@ __all__ = [
     "HEAD_CLASSES",
     "head_class",
     "CheckpointMismatchError",
-    "check_base_weights",
     "CODE_FILES",
     "CONFIG_NAME",
     "WEIGHTS_NAME",

@@ -13,7 +13,7 @@ from transformers import AutoConfig, PretrainedConfig, TrainingArguments
 from transformers.utils import logging
 
 from .data import DataArguments, DataError
-from .modeling_lora import check_base_weights
+from .loading_lora import check_base_weights
 from .tasks import TASKS, Task
 
 logger = logging.get_logger(__name__)

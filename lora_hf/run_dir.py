@@ -27,7 +27,7 @@ from .checkpoint_lora import atomic_write_all, atomic_write_text
 from .configuration_lora import PHASES
 from .data import DataError
 from .model_dir import TOKENIZER_FILES, check_output_dir
-from .modeling_lora import CODE_FILES, CONFIG_NAME, WEIGHTS_NAME
+from .checkpoint_lora import CODE_FILES, CONFIG_NAME, WEIGHTS_NAME
 from .report import plot_loss_curves
 
 logger = logging.get_logger(__name__)

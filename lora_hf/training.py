@@ -16,7 +16,6 @@ Example:
 """
 
 import pickle
-import re
 import sys
 import time
 from collections.abc import Callable
@@ -26,7 +25,6 @@ from typing import Any
 
 from datasets import Dataset
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel, TrainingArguments, set_seed
-from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
 from transformers.utils import logging
 
 from .arguments import (
@@ -41,7 +39,7 @@ from .arguments import (
     phase_training_args,
 )
 from .checkpoint_lora import atomic_write_text
-from .configuration_lora import LoraConfig
+from .configuration_lora import LoraConfig, is_encoder
 from .data import DataArguments, DataError, check_labels, infer_task, label_list, load_pretrain_texts, load_task_data, truncate_samples, vader_task
 from .modeling_lora import LoraForCausalLM, LoraForMaskedLM
 from .preflight import check_base_model, check_integrations, check_predict, hub_repo_id
@@ -137,7 +135,7 @@ class TwoPhaseRun:
         set_seed(training_args.seed)
         backbone_config = check_base_model(base)
         run = cls(model_args=model_args, lora_args=lora_args, data_args=data_args, training_args=training_args, phase_args=phase_args,
-                  out=out, base=base, encoder=_is_encoder(backbone_config), lora_kwargs=lora_args.lora_config_kwargs(),
+                  out=out, base=base, encoder=is_encoder(backbone_config), lora_kwargs=lora_args.lora_config_kwargs(),
                   precision=precision, started=started)
         probe = None if run.full else LoraConfig(backbone_config=backbone_config, **run.lora_kwargs)
         run._check_pretrain(probe)
@@ -396,12 +394,10 @@ class TwoPhaseRun:
         resume = resume_point(self.training_args.resume_from_checkpoint, phase_dir)
         try:
             return trainer.train(resume_from_checkpoint=resume)
-        except pickle.UnpicklingError as err:  # torch.load(weights_only=True) met a pickle that is more than tensors
-            found = re.search(r"GLOBAL (\S+)", str(err))
-            what = f"calls {found.group(1)}" if found else "holds more than tensors"
+        except pickle.UnpicklingError:  # torch.load(weights_only=True) met a pickle that is more than tensors
             raise DataError(
-                f"Refusing to resume from {resume}: a pickle there (optimizer.pt, scheduler.pt or rng_state.pth) {what}, which "
-                "torch's weights_only loader does not run. Resume only from checkpoints this run wrote."
+                f"Refusing to resume from {resume}: {_unsafe_pickles(Path(resume))}, which torch's weights_only loader does not "
+                "run. Resume only from checkpoints this run wrote."
             ) from None
 
     def _predict(self, trainer: LoraTrainer, test) -> list:
@@ -411,8 +407,6 @@ class TwoPhaseRun:
         return self.task.predictions(output, self.labels)
 
 
-def _is_encoder(backbone_config) -> bool:
-    return backbone_config.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES and not getattr(backbone_config, "is_decoder", False)
 
 
 def _load_tokenizer(base: str):
@@ -479,3 +473,16 @@ def main(argv: list | None = None) -> int:
         print(f"lora-hf train: error: {err}", file=sys.stderr)
         return 2
     return 0
+
+
+def _unsafe_pickles(checkpoint: Path) -> str:
+    """What the Trainer's pickles in `checkpoint` would call, read by torch without running them."""
+    from torch.serialization import get_unsafe_globals_in_checkpoint
+
+    found = []
+    for path in sorted(checkpoint.glob("*.pt*")):  # optimizer.pt, scheduler.pt, rng_state*.pth
+        try:
+            found += [f"{path.name} calls {name}" for name in get_unsafe_globals_in_checkpoint(path)]
+        except Exception:  # not a torch zip file at all: still refused, without a name
+            found.append(f"{path.name} is not a torch checkpoint")
+    return "; ".join(found) or "a pickle there holds more than tensors"
