@@ -31,7 +31,7 @@ __all__ = ["LoadPlan", "plan_load", "load_saved_tensors", "collect_tensors", "wr
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 # The modules saved beside config.json for `trust_remote_code`.
-CODE_FILES = ("configuration_lora.py", "lora_layers.py", "checkpoint_lora.py", "loading_lora.py", "modeling_lora.py")
+CODE_FILES = ("configuration_lora.py", "lora_layers.py", "checkpoint_lora.py", "loading_lora.py", "phases_lora.py", "modeling_lora.py")
 GENERATION_CONFIG_NAME = "generation_config.json"
 LOAD_REPORT = logging.get_logger("transformers.modeling_utils")
 

@@ -96,7 +96,7 @@ def test_sigkill_at_random_moments_during_save_pretrained_leaves_a_saved_version
     # The next save removes the staging folders the killed saves left behind.
     model.save_pretrained(directory, state_dict=versions[0], save_base=True)
     assert sorted(p.name for p in directory.iterdir()) == ["checkpoint_lora.py", "config.json", "configuration_lora.py",
-                                                           "loading_lora.py", "lora_layers.py", "model.safetensors", "modeling_lora.py"]
+                                                           "loading_lora.py", "lora_layers.py", "model.safetensors", "modeling_lora.py", "phases_lora.py"]
 
 
 def _save_stage(directory: Path) -> str:

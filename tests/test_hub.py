@@ -192,7 +192,7 @@ def test_a_checkout_finds_the_template_in_the_top_level_folder():
 
 # ----- push -------------------------------------------------------------------------------------
 EXPECTED_FILES = {
-    "config.json", "model.safetensors", "configuration_lora.py", "lora_layers.py", "checkpoint_lora.py", "loading_lora.py", "modeling_lora.py",
+    "config.json", "model.safetensors", "configuration_lora.py", "lora_layers.py", "checkpoint_lora.py", "loading_lora.py", "phases_lora.py", "modeling_lora.py",
     "README.md", "loss_curve.png", "all_results.json", "run_record.json", "tokenizer.json", "tokenizer_config.json",
 }
 

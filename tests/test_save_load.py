@@ -14,7 +14,7 @@ from lora_hf import LoraForMaskedLM, LoraForSequenceClassification, LoraModel
 from lora_hf.lora_layers import lora_layers
 from tiny_backbones import ATOL, BACKBONES, CHECKPOINT_NAMES, inputs, minilm_path, randomize_adapters, read_json, run_without_lora_hf, task_classes, tiny_config
 
-CODE_FILES = ["configuration_lora.py", "lora_layers.py", "checkpoint_lora.py", "loading_lora.py", "modeling_lora.py"]
+CODE_FILES = ["configuration_lora.py", "lora_layers.py", "checkpoint_lora.py", "loading_lora.py", "phases_lora.py", "modeling_lora.py"]
 
 
 def saved_keys(directory):

@@ -18,7 +18,7 @@ from reliability_fixtures import MARKER_NAME, _RunsShell, save_base
 from tiny_backbones import randomize_adapters
 from train_fixtures import save_tiny_bert, sentences, write_csv
 
-CODE_FILES = {"configuration_lora.py", "lora_layers.py", "checkpoint_lora.py", "loading_lora.py", "modeling_lora.py"}
+CODE_FILES = {"configuration_lora.py", "lora_layers.py", "checkpoint_lora.py", "loading_lora.py", "phases_lora.py", "modeling_lora.py"}
 SAVED_FILES = CODE_FILES | {"config.json", "model.safetensors"}
 
 
