@@ -35,11 +35,13 @@ def test_the_table_replaces_the_readme_section_and_finished_systems_are_not_retr
     script = load_script()
     calls = []
     monkeypatch.setattr(script, "train", fake_train(calls))
+    monkeypatch.setattr(script, "train_peft", fake_train(calls))
     readme = tmp_path / "README.md"
     readme.write_text(f"# title\n\n{script.START}\n(not measured yet)\n{script.END}\n\nafter\n")
     argv = ["--output_dir", str(tmp_path / "cmp"), "--readme", str(readme)]
     assert script.main(argv) == 0
-    assert [("--skip_pretrain" in a, "--full_finetune" in a) for a in calls] == [(False, False), (True, False), (False, True)]
+    assert [("--skip_pretrain" in a, "--full_finetune" in a, script.PEFT_FLAG in a) for a in calls] == [
+        (False, False, False), (True, False, False), (True, False, True), (False, True, False)]
 
     text = readme.read_text()
     assert text.startswith("# title\n") and text.endswith("after\n") and "(not measured yet)" not in text
@@ -47,7 +49,27 @@ def test_the_table_replaces_the_readme_section_and_finished_systems_are_not_retr
     assert rows == [
         "| two-phase LoRA (pretrain + finetune) | 80.0% | 85.0% | 1.00% | 2.0 min | 2.0 min | 0.25 MB |",
         "| LoRA, finetune only | 80.0% | 85.0% | 1.00% | 1.5 min | 2.0 min | 0.25 MB |",
+        "| PEFT LoRA, finetune only | 80.0% | 85.0% | 1.00% | 1.5 min | 2.0 min | 0.25 MB |",
         "| full fine-tuning | 90.0% | 85.0% | 100.00% | 1.5 min | 2.0 min | 0.25 MB |",
     ]
-    assert script.main(argv) == 0 and len(calls) == 3  # run_record.json there: measured, not trained again
+    assert script.main(argv) == 0 and len(calls) == 4  # run_record.json there: measured, not trained again
     assert readme.read_text().count(script.START) == 1
+
+
+def test_the_peft_row_is_the_same_run_with_peft_s_lora_as_the_finetune_model(tmp_path):
+    from train_fixtures import save_tiny_bert, sentences, write_csv
+
+    script = load_script()
+    bert = save_tiny_bert(tmp_path / "bert")
+    data = ["--train_file", write_csv(tmp_path / "train.csv", sentences(32, seed=1)),
+            "--validation_file", write_csv(tmp_path / "dev.csv", sentences(16, seed=2)),
+            "--model_name_or_path", bert, "--skip_pretrain", "--max_steps", "2", "--max_seq_length", "16",
+            "--disable_tqdm", "true", "--bf16", "false"]
+    assert script.train(["--output_dir", str(tmp_path / "lora_hf"), *data]) == 0
+    assert script.train_peft(["--output_dir", str(tmp_path / "peft"), script.PEFT_FLAG, *data]) == 0
+    ours, peft = (json.loads((tmp_path / run / "run_record.json").read_text()) for run in ("lora_hf", "peft"))
+    assert (tmp_path / "peft" / "finetune" / "adapter_config.json").is_file()  # PEFT saved it: PEFT's model trained
+    assert json.loads((tmp_path / "peft" / "finetune" / "adapter_config.json").read_text())["r"] == 8
+    assert peft["trainable_params"] == ours["trainable_params"]  # same targets, rank and head
+    steps = [json.loads((tmp_path / run / "finetune" / "trainer_state.json").read_text())["global_step"] for run in ("lora_hf", "peft")]
+    assert steps == [2, 2]
