@@ -7,7 +7,7 @@ import sys
 # modules are imported only when their subcommand runs, so `lora-hf --help` stays fast.
 SUBCOMMANDS = {
     "train": ("lora_hf.training:main", "Run both training phases (pretrain, finetune) with the HF Trainer."),
-    "merge": ("lora_hf.peft_interop:merge_main", "Write the merged plain transformers model (no lora_hf needed to load it)."),
+    "merge": ("lora_hf.merge:merge_main", "Write the merged plain transformers model (no lora_hf needed to load it)."),
     "export-peft": ("lora_hf.peft_interop:export_main", "Write the adapters in PEFT's format (adapter_config.json + adapter_model.safetensors)."),
     "import-peft": ("lora_hf.peft_interop:import_main", "Turn a PEFT LoRA adapter directory into a lora_hf model directory."),
     "card": ("lora_hf.hub:card_main", "Write the model card (README.md) into a model directory."),

@@ -4,6 +4,7 @@ Each check fails with one `ValueError`/`OSError` line naming the directory and w
 so the commands can print it as their one-line reason.
 """
 
+import argparse
 import json
 import os
 import shutil
@@ -13,7 +14,7 @@ from pathlib import Path
 from .configuration_lora import LoraConfig
 from .modeling_lora import CONFIG_NAME, WEIGHTS_NAME, head_class
 
-__all__ = ["TOKENIZER_FILES", "check_model_dir", "model_class", "load_model_dir", "tokenizer_files", "copy_tokenizer_files", "check_output_dir", "run_command"]
+__all__ = ["TOKENIZER_FILES", "check_model_dir", "model_class", "load_model_dir", "tokenizer_files", "copy_tokenizer_files", "check_output_dir", "command_parser", "run_command"]
 
 # The files `tokenizer.save_pretrained` may write (fast and slow tokenizers of the common families).
 TOKENIZER_FILES = (
@@ -98,6 +99,13 @@ def check_output_dir(out, source=None, overwrite: bool = False, *, name: str = "
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise error(f"{name} {str(out)!r} is not empty; {not_empty_hint}.")
     return out
+
+
+def command_parser(command: str, description: str, examples: str) -> argparse.ArgumentParser:
+    """The parser of `lora-hf <command>`, with its examples kept as written under the options."""
+    return argparse.ArgumentParser(
+        prog=f"lora-hf {command}", description=description, epilog=f"examples:\n{examples}", formatter_class=argparse.RawDescriptionHelpFormatter
+    )
 
 
 def run_command(command: str, parser, argv, action) -> int:

@@ -1,4 +1,4 @@
-"""Leaving lora_hf: the merged plain `transformers` model, and PEFT's adapter format in both directions.
+"""PEFT's adapter format in both directions, and the `lora-hf export-peft` / `lora-hf import-peft` commands.
 
 PEFT's LoRA adapter is two files: `adapter_config.json` and `adapter_model.safetensors` with keys
 `base_model.model.<module>.lora_A.weight` (r, in) / `lora_B.weight` (out, r) (`lora_embedding_A` /
@@ -12,7 +12,6 @@ Example:
     >>> LoraForSequenceClassification.from_peft_adapter("peft-out")
 """
 
-import argparse
 import json
 import re
 from pathlib import Path
@@ -21,10 +20,12 @@ import torch
 from safetensors.torch import save
 from transformers.utils import logging
 
-from .model_dir import check_output_dir, copy_tokenizer_files, load_model_dir, run_command
 from .checkpoint_lora import atomic_write_all, read_safetensors, write_bytes
 from .loading_lora import HUB_KWARGS, quiet_transformers
-from .modeling_lora import HEAD_CLASSES, head_class
+# Re-exported: callers imported the merge from here before it had a module of its own.
+from .merge import merge_main, merge_to_plain
+from .model_dir import check_output_dir, command_parser, copy_tokenizer_files, load_model_dir, run_command
+from .modeling_lora import HEAD_CLASSES, LoraPreTrainedModel, head_class
 
 logger = logging.get_logger(__name__)
 
@@ -61,20 +62,6 @@ _UNSUPPORTED = {
 _PLAIN_INITS = (True, False, None, "gaussian")
 
 
-# ----- merge ------------------------------------------------------------------------------------
-def merge_to_plain(model_dir, output_dir, base_model_name_or_path: str | None = None, overwrite: bool = False) -> Path:
-    """Write the merged plain `transformers` model (and the tokenizer saved beside it) to `output_dir`.
-
-    The result loads with `AutoModelFor*.from_pretrained(output_dir)`: no lora_hf, no remote code.
-    """
-    out = check_output_dir(output_dir, model_dir, overwrite)
-    model = load_model_dir(model_dir, base_model_name_or_path)
-    plain = model.merge_and_unload(safe_merge=True)
-    plain.save_pretrained(out)
-    copy_tokenizer_files(model_dir, out)
-    return out
-
-
 # ----- lora_hf -> PEFT --------------------------------------------------------------------------
 def _lora_modules(backbone) -> dict:
     """`{name: layer}` for the LoRA layers of `backbone`, by shape of the object rather than class:
@@ -94,7 +81,7 @@ def _peft_wrapped_modules(backbone, modules_to_save) -> list:
     return sorted({name for name in names if any(name.endswith(entry) for entry in modules_to_save)})
 
 
-def save_peft_adapter(model, save_directory, base_model_name_or_path: str | None = None) -> Path:
+def save_peft_adapter(model: LoraPreTrainedModel, save_directory: str | Path, base_model_name_or_path: str | None = None) -> Path:
     """Write `model`'s adapters in PEFT's format: `peft.PeftModel.from_pretrained(base, save_directory)` gives the same outputs.
 
     Tensors lora_hf trained besides the adapters (the task head, embeddings in a pretrain phase, ...)
@@ -104,13 +91,31 @@ def save_peft_adapter(model, save_directory, base_model_name_or_path: str | None
     arch = type(model).__name__
     if not isinstance(model, HEAD_CLASSES):
         raise ValueError(f"save_peft_adapter needs one of lora_hf's model classes {[c.__name__ for c in HEAD_CLASSES]}, got {arch}.")
-    task_type = model.peft_task_type
-    config = model.config
     backbone = model.backbone
     lora = _lora_modules(backbone)
     if not lora:
         raise ValueError(f"{arch} has no LoRA layers (was it merged and unloaded?); there is no adapter to export.")
+    modules_to_save, wrapped = _modules_to_save(backbone, lora, _trained_modules(model, lora), model.peft_task_type)
+    tensors = _peft_tensors(backbone, lora, wrapped)
+    adapter_config = _adapter_config(model, lora, modules_to_save, base_model_name_or_path)
+    out = Path(save_directory)
+    if out.exists() and not out.is_dir():
+        raise OSError(f"`save_directory` {str(out)!r} is a file; pass a directory.")
+    out.mkdir(parents=True, exist_ok=True)
+    # PEFT saves no labels; the head's names and count travel in the file's metadata (PEFT ignores it), read back by
+    # `load_peft_adapter` and by `peft_label_kwargs` for transformers' own loading.
+    metadata = {"format": "pt"}
+    labels = _labels_of(model)
+    if labels:
+        metadata["lora_hf_labels"] = json.dumps(labels, sort_keys=True)
+    atomic_write_all(out, [(ADAPTER_WEIGHTS_NAME, lambda tmp: write_bytes(tmp, save(tensors, metadata=metadata))),
+                           (ADAPTER_CONFIG_NAME, lambda tmp: Path(tmp).write_text(json.dumps(adapter_config, indent=2, sort_keys=True) + "\n"))])
+    return out
 
+
+def _trained_modules(model, lora: dict) -> set:
+    """The backbone modules owning a non-LoRA tensor an adapter-only save would hold; `ValueError` if one also carries LoRA."""
+    backbone = model.backbone
     # Every non-LoRA tensor an adapter-only save would hold, under each name it has (tied weights have two).
     aliases = {}
     for name, param in backbone.named_parameters(remove_duplicate=False):
@@ -129,6 +134,11 @@ def save_peft_adapter(model, save_directory, base_model_name_or_path: str | None
                     "module as both a LoRA target and `modules_to_save`. Export the merged model (`lora-hf merge`) instead."
                 )
             extra_modules.add(owner)
+    return extra_modules
+
+
+def _modules_to_save(backbone, lora: dict, extra_modules: set, task_type: str | None) -> tuple:
+    """`(modules_to_save for the config, every module PEFT will wrap and save whole)`, checked against PEFT's suffix matching."""
     task_heads = list(PEFT_TASK_HEADS.get(task_type, ()))
     wrapped = _peft_wrapped_modules(backbone, sorted(extra_modules) + task_heads)
     # A module inside another wrapped one (RoBERTa's classifier.dense inside `classifier`) is saved with its
@@ -141,7 +151,11 @@ def save_peft_adapter(model, save_directory, base_model_name_or_path: str | None
         inside = [m for m in lora if m == name or m.startswith(name + ".")]
         if inside:
             raise ValueError(f"PEFT would save module `{name}` whole, but it holds LoRA layers {inside[:4]}; export the merged model instead.")
+    return modules_to_save, wrapped
 
+
+def _peft_tensors(backbone, lora: dict, wrapped: list) -> dict:
+    """The adapter file's tensors under PEFT's names: the LoRA pairs, then each wrapped module's whole state."""
     tensors = {}
     for name, layer in sorted(lora.items()):
         if type(layer).__name__ == "LoraEmbedding":
@@ -154,11 +168,15 @@ def save_peft_adapter(model, save_directory, base_model_name_or_path: str | None
         for key, value in backbone.get_submodule(name).state_dict().items():
             tensors[f"{PEFT_PREFIX}{name}.{key}"] = value
     # Clones: a tied weight appears under two keys, and safetensors refuses tensors that share memory.
-    tensors = {k: v.detach().to("cpu").clone().contiguous() for k, v in tensors.items()}
+    return {k: v.detach().to("cpu").clone().contiguous() for k, v in tensors.items()}
 
-    adapter_config = {
+
+def _adapter_config(model, lora: dict, modules_to_save: list, base_model_name_or_path: str | None) -> dict:
+    """PEFT's `adapter_config.json` for `model`'s adapters, with the PEFT features lora_hf lacks switched off."""
+    config = model.config
+    return {
         "peft_type": "LORA",
-        "task_type": task_type,
+        "task_type": model.peft_task_type,
         "base_model_name_or_path": base_model_name_or_path or config.base_model_name_or_path,
         "revision": None,
         "r": config.r,
@@ -179,19 +197,6 @@ def save_peft_adapter(model, save_directory, base_model_name_or_path: str | None
         "rank_pattern": {},
         "alpha_pattern": {},
     }
-    out = Path(save_directory)
-    if out.exists() and not out.is_dir():
-        raise OSError(f"`save_directory` {str(out)!r} is a file; pass a directory.")
-    out.mkdir(parents=True, exist_ok=True)
-    # PEFT saves no labels; the head's names and count travel in the file's metadata (PEFT ignores it), read back by
-    # `load_peft_adapter` and by `peft_label_kwargs` for transformers' own loading.
-    metadata = {"format": "pt"}
-    labels = _labels_of(model)
-    if labels:
-        metadata["lora_hf_labels"] = json.dumps(labels, sort_keys=True)
-    atomic_write_all(out, [(ADAPTER_WEIGHTS_NAME, lambda tmp: write_bytes(tmp, save(tensors, metadata=metadata))),
-                           (ADAPTER_CONFIG_NAME, lambda tmp: Path(tmp).write_text(json.dumps(adapter_config, indent=2, sort_keys=True) + "\n"))])
-    return out
 
 
 # ----- PEFT -> lora_hf --------------------------------------------------------------------------
@@ -305,7 +310,8 @@ def _label_kwargs(model_class, base, others: dict, kwargs: dict, peft_dir=None) 
     return {}
 
 
-def load_peft_adapter(model_class, peft_dir, base_model_name_or_path: str | None = None, **kwargs):
+def load_peft_adapter(model_class: type, peft_dir: str | Path, base_model_name_or_path: str | None = None,
+                      **kwargs) -> LoraPreTrainedModel:
     """A `model_class` (a lora_hf class) holding the PEFT adapter in `peft_dir` on its base model.
 
     The base comes from the adapter's `base_model_name_or_path` unless `base_model_name_or_path=`
@@ -322,31 +328,51 @@ def load_peft_adapter(model_class, peft_dir, base_model_name_or_path: str | None
     lora, others = _split_tensors(tensors)
     if not lora:
         raise ValueError(f"{str(peft_dir)!r} holds no LoRA tensors.")
+    options = _lora_options(adapter_config, lora)
+    model = _model_on_base(model_class, base, peft_dir, others, options, kwargs)
+    _copy_adapter(model, lora, others, base)
+    random = sorted(k for k in model.newly_initialized_keys if k[len("backbone.") :] not in others)
+    if random:
+        logger.warning(
+            f"The base model {base!r} lacks {random[:6]}{' ...' if len(random) > 6 else ''} and the adapter does not hold "
+            "them either: they start random, so outputs differ from PEFT's model on that base. Use a base that has them."
+        )
+    _keep_saved_modules(model, others)
+    return model.eval()
+
+
+def _lora_options(adapter_config: dict, lora: dict) -> dict:
+    """`from_base_model`'s LoRA arguments for the adapter; `ValueError` if its tensors disagree on the rank."""
     ranks = {pair["A"].shape[0] for pair in lora.values()}
     r = adapter_config.get("r", next(iter(ranks)))
     if ranks != {r}:
         raise ValueError(f"The adapter's tensors have ranks {sorted(ranks)} but its config says `r` = {r!r}; lora_hf holds one rank.")
-    init = "gaussian" if adapter_config.get("init_lora_weights") == "gaussian" else "kaiming"
+    return {
+        "r": r,
+        "lora_alpha": adapter_config.get("lora_alpha", 8),
+        "lora_dropout": adapter_config.get("lora_dropout", 0.0),
+        "target_modules": sorted(lora),
+        "use_rslora": bool(adapter_config.get("use_rslora", False)),
+        "init_lora_weights": "gaussian" if adapter_config.get("init_lora_weights") == "gaussian" else "kaiming",
+    }
+
+
+def _model_on_base(model_class, base: str, peft_dir, others: dict, options: dict, kwargs: dict):
+    """`model_class` built on `base` with the adapter's LoRA options and head size; `OSError` naming the base if it cannot load."""
     try:
         label_kwargs = _label_kwargs(model_class, base, others, kwargs, peft_dir)
         # The base's load report would call the head "newly initialized"; the adapter supplies it (checked below).
         with quiet_transformers():
-            model = model_class.from_base_model(
-                base,
-                r=r,
-                lora_alpha=adapter_config.get("lora_alpha", 8),
-                lora_dropout=adapter_config.get("lora_dropout", 0.0),
-                target_modules=sorted(lora),
-                use_rslora=bool(adapter_config.get("use_rslora", False)),
-                init_lora_weights=init,
-                **label_kwargs,
-                **kwargs,
-            )
+            return model_class.from_base_model(base, **options, **label_kwargs, **kwargs)
     except OSError as err:
         raise OSError(
             f"Could not load the base model {base!r} of the adapter in {str(peft_dir)!r} ({str(err).splitlines()[0]}). "
             "Point to a local copy with `base_model_name_or_path=\"/path/to/base\"`."
         ) from None
+
+
+def _copy_adapter(model, lora: dict, others: dict, base: str) -> None:
+    """Copy the LoRA pairs and PEFT's whole-module tensors into `model`; `ValueError` listing every one that does not fit."""
     backbone = model.backbone
     own = dict(backbone.state_dict(keep_vars=True))
     problems = []
@@ -367,14 +393,6 @@ def load_peft_adapter(model_class, peft_dir, base_model_name_or_path: str | None
                 own[name].copy_(tensor)
     if problems:
         raise ValueError(f"The adapter does not fit the base model {base!r}: {problems[:6]}{' ...' if len(problems) > 6 else ''}.")
-    random = sorted(k for k in model.newly_initialized_keys if k[len("backbone.") :] not in others)
-    if random:
-        logger.warning(
-            f"The base model {base!r} lacks {random[:6]}{' ...' if len(random) > 6 else ''} and the adapter does not hold "
-            "them either: they start random, so outputs differ from PEFT's model on that base. Use a base that has them."
-        )
-    _keep_saved_modules(model, others)
-    return model.eval()
 
 
 def _keep_saved_modules(model, others: dict) -> None:
@@ -393,34 +411,8 @@ def _keep_saved_modules(model, others: dict) -> None:
 
 
 # ----- the commands -----------------------------------------------------------------------------
-def _parser(command: str, description: str, examples: str) -> argparse.ArgumentParser:
-    return argparse.ArgumentParser(
-        prog=f"lora-hf {command}", description=description, epilog=f"examples:\n{examples}", formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-
-
-def merge_main(argv: list | None = None) -> int:
-    parser = _parser(
-        "merge",
-        "Fold the adapters into the base weights and write the plain transformers model (and the tokenizer beside it). "
-        "The result loads with AutoModelFor*.from_pretrained: no lora_hf, no trust_remote_code.",
-        "  lora-hf merge runs/demo runs/demo-merged\n"
-        "  lora-hf merge my-lora merged --base_model_name_or_path ./MiniLM   # adapter-only save, base elsewhere",
-    )
-    parser.add_argument("model_dir", help="A directory written by save_pretrained or lora-hf train.")
-    parser.add_argument("output_dir", help="Where to write the merged model (new or empty directory).")
-    parser.add_argument("--base_model_name_or_path", help="Load the base from here instead of the path in config.json.")
-    parser.add_argument("--overwrite", action="store_true", help="Write into a non-empty output directory.")
-
-    def action(args):
-        out = merge_to_plain(args.model_dir, args.output_dir, args.base_model_name_or_path, args.overwrite)
-        print(f"Wrote the merged model to {out}")
-
-    return run_command("merge", parser, argv, action)
-
-
 def export_main(argv: list | None = None) -> int:
-    parser = _parser(
+    parser = command_parser(
         "export-peft",
         "Write the adapters in PEFT's format (adapter_config.json + adapter_model.safetensors), loadable with "
         "peft.PeftModel.from_pretrained(base, OUT). The tokenizer beside the model is copied too.",
@@ -470,7 +462,7 @@ def _class_for(adapter_config: dict, base: str | None, head: str | None):
 
 
 def import_main(argv: list | None = None) -> int:
-    parser = _parser(
+    parser = command_parser(
         "import-peft",
         "Turn a PEFT LoRA adapter directory into a lora_hf model directory (adapter-only save; the base is loaded from "
         "the adapter's base_model_name_or_path). The class follows the adapter's task_type unless --head says otherwise.",

@@ -195,7 +195,7 @@ def publish_final(final_dir: Path, out: Path, tokenizer: PreTrainedTokenizerBase
     write_json(out / RECORD_NAME, results)
     write_json(out / RESULTS_NAME, flat_results(results))
     try:
-        from .hub import write_model_card
+        from .cards import write_model_card
     except ImportError:  # the card module is optional
         return
     try:

@@ -1,0 +1,44 @@
+"""Leaving lora_hf: the merged plain `transformers` model, and the `lora-hf merge` command.
+
+Example:
+    >>> merge_to_plain("runs/demo", "runs/demo-merged")   # loads with AutoModelFor*.from_pretrained, no lora_hf
+"""
+
+from pathlib import Path
+
+from .model_dir import check_output_dir, command_parser, copy_tokenizer_files, load_model_dir, run_command
+
+__all__ = ["merge_to_plain", "merge_main"]
+
+
+def merge_to_plain(model_dir: str | Path, output_dir: str | Path, base_model_name_or_path: str | None = None, overwrite: bool = False) -> Path:
+    """Write the merged plain `transformers` model (and the tokenizer saved beside it) to `output_dir`.
+
+    The result loads with `AutoModelFor*.from_pretrained(output_dir)`: no lora_hf, no remote code.
+    """
+    out = check_output_dir(output_dir, model_dir, overwrite)
+    model = load_model_dir(model_dir, base_model_name_or_path)
+    plain = model.merge_and_unload(safe_merge=True)
+    plain.save_pretrained(out)
+    copy_tokenizer_files(model_dir, out)
+    return out
+
+
+def merge_main(argv: list | None = None) -> int:
+    parser = command_parser(
+        "merge",
+        "Fold the adapters into the base weights and write the plain transformers model (and the tokenizer beside it). "
+        "The result loads with AutoModelFor*.from_pretrained: no lora_hf, no trust_remote_code.",
+        "  lora-hf merge runs/demo runs/demo-merged\n"
+        "  lora-hf merge my-lora merged --base_model_name_or_path ./MiniLM   # adapter-only save, base elsewhere",
+    )
+    parser.add_argument("model_dir", help="A directory written by save_pretrained or lora-hf train.")
+    parser.add_argument("output_dir", help="Where to write the merged model (new or empty directory).")
+    parser.add_argument("--base_model_name_or_path", help="Load the base from here instead of the path in config.json.")
+    parser.add_argument("--overwrite", action="store_true", help="Write into a non-empty output directory.")
+
+    def action(args):
+        out = merge_to_plain(args.model_dir, args.output_dir, args.base_model_name_or_path, args.overwrite)
+        print(f"Wrote the merged model to {out}")
+
+    return run_command("merge", parser, argv, action)
