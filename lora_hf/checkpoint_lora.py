@@ -20,7 +20,7 @@ from safetensors.torch import save
 from torch import nn
 from transformers.utils import logging
 
-from .lora_layers import full_tensor, lora_layers, unwrapped_name, weight_shape, zero3_gathered
+from .lora_layers import _LoraLayer, full_tensor, lora_layers, unwrapped_name, weight_shape, zero3_gathered
 
 logger = logging.get_logger(__name__)
 
@@ -150,7 +150,7 @@ def collect_tensors(model, state_dict: dict | None, save_base: bool) -> tuple:
         keep = {unwrapped_name(n) for n, _ in model.named_parameters()} | {n for n, _ in model.named_buffers() if n in full_state}
     else:
         keep = set(model.adapter_state_keys())
-        new_rows = {k: rows for k, rows in model.new_token_rows().items() if k in full_state}
+        new_rows = {k: rows for k, rows in new_token_rows(model).items() if k in full_state}
     tensors = {k: full_tensor(v).detach().contiguous() for k, v in sorted(full_state.items()) if k in keep}
     for key, rows in new_rows.items():  # tokens added to the base's vocabulary: their rows only
         tensors[key] = tensors.get(key, full_tensor(full_state[key]).detach())[-rows:].contiguous()
@@ -187,6 +187,39 @@ def write_model_dir(model, save_directory, tensors: dict, full_state: dict, new_
     files.append((CONFIG_NAME, lambda tmp: model.config.to_json_file(tmp, use_diff=True)))
     atomic_write_all(Path(save_directory), files)  # weights first, config last
 
+
+
+def vocab_row_keys(model) -> list:
+    """Names of the tensors with one row per token: the input and output embeddings (tied ones once) and the output bias."""
+    modules = [m for m in (model.get_input_embeddings(), model.get_output_embeddings()) if m is not None]
+    ids = {id(p) for m in modules for p in m.parameters(recurse=False) if p is not None}
+    return sorted(n for n, p in model.named_parameters() if id(p) in ids)
+
+def new_token_rows(model) -> dict:
+    """`{key: rows}`: the vocabulary tensors an adapter-only save holds only the added rows of (see `resize_token_embeddings`)."""
+    base_vocab = model.config.base_vocab_size
+    if base_vocab is None:
+        return {}
+    full = set(model.adapter_state_keys())
+    params = dict(model.named_parameters())
+    return {k: params[k].shape[0] - base_vocab for k in vocab_row_keys(model) if k not in full and params[k].shape[0] > base_vocab}
+
+
+def reinitialize(model, keys: list) -> None:
+    """Draw the tensors `keys` anew with the backbone's initialiser (a head whose size changed)."""
+    modules = {k.rsplit(".", 1)[0] for k in keys}
+    with torch.no_grad():
+        for name in sorted(modules):
+            module = model.get_submodule(name)
+            for tensor in list(module.parameters(recurse=False)) + list(module.buffers(recurse=False)):
+                if hasattr(tensor, "_is_hf_initialized"):
+                    del tensor._is_hf_initialized
+            module._is_hf_initialized = False
+            if isinstance(module, _LoraLayer):
+                module.reset_lora_parameters(model.config.init_lora_weights)
+            else:
+                model.backbone._init_weights(module)
+            module._is_hf_initialized = True
 
 
 # ----- the load plan -------------------------------------------------------------------------------
@@ -364,7 +397,7 @@ def load_saved_tensors(model, state: dict, metadata: dict, strict_full: bool, ig
 
 def _report(model, plan: LoadPlan, fresh: list, saved_class: str, reinit_targets: set) -> None:
     if plan.reinit:
-        model._reinitialize(sorted(reinit_targets))
+        reinitialize(model, sorted(reinit_targets))
         LOAD_REPORT.warning(
             f"Some weights of {type(model).__name__} were not initialized from the checkpoint and are newly initialized "
             "because the shapes did not match:\n"

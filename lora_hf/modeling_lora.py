@@ -146,21 +146,6 @@ class LoraPreTrainedModel(LoraPhasesMixin, PreTrainedModel):
         self._apply_phase(self.active_phase or ("finetune" if "finetune" in self.config.phase_trainable else next(iter(self.config.phase_trainable))))
         return embeddings
 
-    def vocab_row_keys(self) -> list:
-        """Names of the tensors with one row per token: the input and output embeddings (tied ones once) and the output bias."""
-        modules = [m for m in (self.get_input_embeddings(), self.get_output_embeddings()) if m is not None]
-        ids = {id(p) for m in modules for p in m.parameters(recurse=False) if p is not None}
-        return sorted(n for n, p in self.named_parameters() if id(p) in ids)
-
-    def new_token_rows(self) -> dict:
-        """`{key: rows}`: the vocabulary tensors an adapter-only save holds only the added rows of (see `resize_token_embeddings`)."""
-        base_vocab = self.config.base_vocab_size
-        if base_vocab is None:
-            return {}
-        full = set(self.adapter_state_keys())
-        params = dict(self.named_parameters())
-        return {k: params[k].shape[0] - base_vocab for k in self.vocab_row_keys() if k not in full and params[k].shape[0] > base_vocab}
-
     def _base_prefix(self) -> str:
         """`bert` for a `BertForX` backbone; empty when the backbone is the bare base model."""
         prefix = getattr(self.backbone, "base_model_prefix", "")
@@ -408,23 +393,6 @@ class LoraPreTrainedModel(LoraPhasesMixin, PreTrainedModel):
         return load_pretrained(cls, pretrained_model_name_or_path, config=config, base_model_name_or_path=base_model_name_or_path,
                                ignore_base_mismatch=ignore_base_mismatch, ignore_mismatched_sizes=ignore_mismatched_sizes,
                                output_loading_info=output_loading_info, state_dict=state_dict, **kwargs)
-
-
-    def _reinitialize(self, keys: list) -> None:
-        """Draw the tensors `keys` anew with the backbone's initialiser (a head whose size changed)."""
-        modules = {k.rsplit(".", 1)[0] for k in keys}
-        with torch.no_grad():
-            for name in sorted(modules):
-                module = self.get_submodule(name)
-                for tensor in list(module.parameters(recurse=False)) + list(module.buffers(recurse=False)):
-                    if hasattr(tensor, "_is_hf_initialized"):
-                        del tensor._is_hf_initialized
-                module._is_hf_initialized = False
-                if isinstance(module, _LoraLayer):
-                    module.reset_lora_parameters(self.config.init_lora_weights)
-                else:
-                    self.backbone._init_weights(module)
-                module._is_hf_initialized = True
 
 
 class LoraModel(LoraPreTrainedModel):
