@@ -10,7 +10,7 @@ from transformers.pipelines import SUPPORTED_TASKS
 import lora_hf
 from lora_hf import HEAD_CLASSES, LoraConfig, head_class
 from lora_hf.checkpoint_lora import LoadPlan, plan_load
-from lora_hf.training import TASK_CLASSES
+from lora_hf.tasks import TASKS
 
 F32, I64 = torch.float32, torch.int64
 MLM = {"backbone.bert.layer.q.lora_A": ((4, 8), F32), "backbone.bert.layer.q.weight": ((8, 8), F32),
@@ -72,11 +72,12 @@ def test_each_head_declares_what_every_table_reads(cls):
     assert cls.peft_task_type is None or cls.peft_task_type in {t.value for t in TaskType}
     assert cls.description.startswith("a LoRA-adapted ")
     assert head_class(cls.__name__) is cls
-    assert all(TASK_CLASSES[task] is cls for task in cls.training_tasks)
+    assert all(TASKS[task].model_class is cls for task in cls.training_tasks)
 
 
 def test_every_training_task_has_a_head_and_unknown_names_are_refused():
-    assert set(TASK_CLASSES) == {"classification", "regression", "token-classification", "causal-lm"}
+    assert {name for name, task in TASKS.items() if task.model_class in HEAD_CLASSES} == {
+        "classification", "regression", "token-classification", "causal-lm"}
     with pytest.raises(ValueError, match="'LoraForRanking' is not one of lora_hf's model classes"):
         head_class("LoraForRanking")
     assert set(lora_hf.__all__) >= {cls.__name__ for cls in HEAD_CLASSES}
