@@ -165,7 +165,7 @@ def test_a_planted_optimizer_pickle_stops_the_resume_with_one_line(finished_run,
     assert "Traceback" not in err
 
 
-def test_every_directory_a_run_writes_carries_only_the_three_modules_as_code(finished_run):
+def test_every_directory_a_run_writes_carries_only_the_code_modules(finished_run):
     out = finished_run[1]
     for directory in (out, out / "finetune", out / "finetune" / "checkpoint-2", out / "finetune" / "checkpoint-4"):
         assert {p.name for p in directory.iterdir() if p.suffix == ".py"} == CODE_FILES, directory
