@@ -106,6 +106,12 @@ class _LoraLayer(nn.Module):
         # on the meta device (`model.init_weights()` initialises them once the model has real storage).
         self._is_hf_initialized = base.weight.device.type != "meta"
 
+    def _add_adapters(self, a_shape: tuple, b_shape: tuple, init_lora_weights: str) -> None:
+        factory = {"device": self.weight.device, "dtype": self.weight.dtype}
+        self.lora_A = nn.Parameter(torch.empty(a_shape, **factory))
+        self.lora_B = nn.Parameter(torch.empty(b_shape, **factory))
+        self.reset_lora_parameters(init_lora_weights)
+
     def delta_weight(self) -> torch.Tensor:
         """`scale * B @ A`, laid out like `self.weight` and in its dtype (computed in fp32)."""
         return self._delta_fp32().to(self.weight.dtype)
@@ -175,10 +181,7 @@ class LoraLinear(_LoraLayer):
         else:
             self.out_features, self.in_features = weight_shape(base.weight)
         self._setup(base, r, lora_alpha, lora_dropout, use_rslora)
-        factory = {"device": self.weight.device, "dtype": self.weight.dtype}
-        self.lora_A = nn.Parameter(torch.empty(r, self.in_features, **factory))
-        self.lora_B = nn.Parameter(torch.empty(self.out_features, r, **factory))
-        self.reset_lora_parameters(init_lora_weights)
+        self._add_adapters((r, self.in_features), (self.out_features, r), init_lora_weights)
 
     @torch.no_grad()
     def reset_lora_parameters(self, init_lora_weights: str = "kaiming") -> None:
@@ -303,10 +306,7 @@ class LoraEmbedding(_LoraLayer):
         self.scale_grad_by_freq = base.scale_grad_by_freq
         self.sparse = base.sparse
         self._setup(base, r, lora_alpha, lora_dropout, use_rslora)
-        factory = {"device": self.weight.device, "dtype": self.weight.dtype}
-        self.lora_A = nn.Parameter(torch.empty(r, self.num_embeddings, **factory))
-        self.lora_B = nn.Parameter(torch.empty(self.embedding_dim, r, **factory))
-        self.reset_lora_parameters(init_lora_weights)
+        self._add_adapters((r, self.num_embeddings), (self.embedding_dim, r), init_lora_weights)
 
     @torch.no_grad()
     def reset_lora_parameters(self, init_lora_weights: str = "kaiming") -> None:

@@ -31,11 +31,10 @@ def merge_main(argv: list | None = None) -> int:
         "The result loads with AutoModelFor*.from_pretrained: no lora_hf, no trust_remote_code.",
         "  lora-hf merge runs/demo runs/demo-merged\n"
         "  lora-hf merge my-lora merged --base_model_name_or_path ./MiniLM   # adapter-only save, base elsewhere",
+        io={"source": ("model_dir", "A directory written by save_pretrained or lora-hf train."),
+            "output_dir": "Where to write the merged model (new or empty directory).",
+            "base_model_name_or_path": "Load the base from here instead of the path in config.json."},
     )
-    parser.add_argument("model_dir", help="A directory written by save_pretrained or lora-hf train.")
-    parser.add_argument("output_dir", help="Where to write the merged model (new or empty directory).")
-    parser.add_argument("--base_model_name_or_path", help="Load the base from here instead of the path in config.json.")
-    parser.add_argument("--overwrite", action="store_true", help="Write into a non-empty output directory.")
 
     def action(args):
         out = merge_to_plain(args.model_dir, args.output_dir, args.base_model_name_or_path, args.overwrite)

@@ -101,11 +101,21 @@ def check_output_dir(out, source=None, overwrite: bool = False, *, name: str = "
     return out
 
 
-def command_parser(command: str, description: str, examples: str) -> argparse.ArgumentParser:
-    """The parser of `lora-hf <command>`, with its examples kept as written under the options."""
-    return argparse.ArgumentParser(
+def command_parser(command: str, description: str, examples: str, io: dict | None = None) -> argparse.ArgumentParser:
+    """The parser of `lora-hf <command>`, with its examples kept as written under the options.
+
+    `io`: the help texts of a directory-to-directory command's shared arguments, `{"source": (name, help),
+    "output_dir": help, "base_model_name_or_path": help}`; `--overwrite` comes with them.
+    """
+    parser = argparse.ArgumentParser(
         prog=f"lora-hf {command}", description=description, epilog=f"examples:\n{examples}", formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    if io:
+        parser.add_argument(io["source"][0], help=io["source"][1])
+        parser.add_argument("output_dir", help=io["output_dir"])
+        parser.add_argument("--base_model_name_or_path", help=io["base_model_name_or_path"])
+        parser.add_argument("--overwrite", action="store_true", help="Write into a non-empty output directory.")
+    return parser
 
 
 def run_command(command: str, parser, argv, action) -> int:

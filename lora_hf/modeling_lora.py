@@ -404,7 +404,7 @@ class LoraModel(LoraPreTrainedModel):
 
     backbone_auto_class = AutoModel
     pipeline_tag = "feature-extraction"
-    peft_task_type = 'FEATURE_EXTRACTION'
+    peft_task_type = "FEATURE_EXTRACTION"
     description = "a LoRA-adapted encoder (hidden states)"
 
 
@@ -461,9 +461,9 @@ class LoraForSequenceClassification(LoraPreTrainedModel):
 
     backbone_auto_class = AutoModelForSequenceClassification
     pipeline_tag = "text-classification"
-    peft_task_type = 'SEQ_CLS'
+    peft_task_type = "SEQ_CLS"
     description = "a LoRA-adapted text classifier"
-    training_tasks = ('classification', 'regression')
+    training_tasks = ("classification", "regression")
 
 
 class LoraForTokenClassification(LoraPreTrainedModel):
@@ -475,9 +475,9 @@ class LoraForTokenClassification(LoraPreTrainedModel):
 
     backbone_auto_class = AutoModelForTokenClassification
     pipeline_tag = "token-classification"
-    peft_task_type = 'TOKEN_CLS'
+    peft_task_type = "TOKEN_CLS"
     description = "a LoRA-adapted token classifier"
-    training_tasks = ('token-classification',)
+    training_tasks = ("token-classification",)
 
 
 class LoraForQuestionAnswering(LoraPreTrainedModel):
@@ -489,7 +489,7 @@ class LoraForQuestionAnswering(LoraPreTrainedModel):
 
     backbone_auto_class = AutoModelForQuestionAnswering
     pipeline_tag = "question-answering"
-    peft_task_type = 'QUESTION_ANS'
+    peft_task_type = "QUESTION_ANS"
     description = "a LoRA-adapted extractive question-answering model"
 
     def forward(
@@ -532,9 +532,9 @@ class LoraForCausalLM(LoraPreTrainedModel, GenerationMixin):
 
     backbone_auto_class = AutoModelForCausalLM
     pipeline_tag = "text-generation"
-    peft_task_type = 'CAUSAL_LM'
+    peft_task_type = "CAUSAL_LM"
     description = "a LoRA-adapted causal language model"
-    training_tasks = ('causal-lm',)
+    training_tasks = ("causal-lm",)
     _loss_shifts_labels = True  # token t predicts t + 1: the Trainer counts `labels[..., 1:]`
 
     @property

@@ -418,12 +418,11 @@ def export_main(argv: list | None = None) -> int:
         "peft.PeftModel.from_pretrained(base, OUT). The tokenizer beside the model is copied too.",
         "  lora-hf export-peft runs/demo demo-peft\n"
         "  python -c \"from peft import PeftModel; ...; PeftModel.from_pretrained(base, 'demo-peft')\"",
+        io={"source": ("model_dir", "A directory written by save_pretrained or lora-hf train."),
+            "output_dir": "Where to write the PEFT adapter (new or empty directory).",
+            "base_model_name_or_path": "Load the base from here instead of the path in config.json; also recorded in "
+                                       "adapter_config.json (use a Hub id there to share the adapter)."},
     )
-    parser.add_argument("model_dir", help="A directory written by save_pretrained or lora-hf train.")
-    parser.add_argument("output_dir", help="Where to write the PEFT adapter (new or empty directory).")
-    parser.add_argument("--base_model_name_or_path", help="Load the base from here instead of the path in config.json; "
-                        "also recorded in adapter_config.json (use a Hub id there to share the adapter).")
-    parser.add_argument("--overwrite", action="store_true", help="Write into a non-empty output directory.")
 
     def action(args):
         out = check_output_dir(args.output_dir, args.model_dir, args.overwrite)
@@ -468,12 +467,11 @@ def import_main(argv: list | None = None) -> int:
         "the adapter's base_model_name_or_path). The class follows the adapter's task_type unless --head says otherwise.",
         "  lora-hf import-peft my-peft-adapter my-lora\n"
         "  lora-hf import-peft my-peft-adapter my-lora --base_model_name_or_path ./bert-base-uncased --head LoraForMaskedLM",
+        io={"source": ("peft_dir", "A directory with adapter_config.json and adapter_model.safetensors."),
+            "output_dir": "Where to write the lora_hf model (new or empty directory).",
+            "base_model_name_or_path": "Load the base from here instead of the adapter's base_model_name_or_path."},
     )
-    parser.add_argument("peft_dir", help="A directory with adapter_config.json and adapter_model.safetensors.")
-    parser.add_argument("output_dir", help="Where to write the lora_hf model (new or empty directory).")
-    parser.add_argument("--base_model_name_or_path", help="Load the base from here instead of the adapter's base_model_name_or_path.")
     parser.add_argument("--head", choices=sorted(cls.__name__ for cls in HEAD_CLASSES), help="The lora_hf class to build (default: from the adapter's task_type).")
-    parser.add_argument("--overwrite", action="store_true", help="Write into a non-empty output directory.")
 
     def action(args):
         adapter_config, _ = read_peft_adapter(args.peft_dir)
