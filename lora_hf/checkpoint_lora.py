@@ -33,6 +33,7 @@ CONFIG_NAME = "config.json"
 # The modules saved beside config.json for `trust_remote_code`.
 CODE_FILES = ("configuration_lora.py", "lora_layers.py", "checkpoint_lora.py", "loading_lora.py", "phases_lora.py", "modeling_lora.py")
 GENERATION_CONFIG_NAME = "generation_config.json"
+# Loading reports go to the logger transformers' own load reports use, so the same log settings apply to them.
 LOAD_REPORT = logging.get_logger("transformers.modeling_utils")
 
 
@@ -40,6 +41,7 @@ class CheckpointMismatchError(ValueError, RuntimeError):
     """Saved tensors do not fit the model (transformers raises RuntimeError for size mismatches; lora_hf always raised ValueError)."""
 
 
+# ----- key names ---------------------------------------------------------------------------------
 def _key_conversions(model: nn.Module, keys) -> dict:
     """`{live key: checkpoint key}` for the `keys` transformers renames when it saves the backbone (GPT-NeoX's `lm_head`
     is `embed_out` in its checkpoints); saves use the checkpoint names, as `PreTrainedModel.save_pretrained` does.

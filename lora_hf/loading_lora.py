@@ -44,7 +44,6 @@ _UNSUPPORTED_LOAD_KWARGS = {
     "key_mapping": "lora_hf checkpoints use the model's own keys.",
     "fusion_config": "fused layers would replace the layers LoRA wraps.",
 }
-# Loading reports go to the logger transformers' own load reports use, so the same log settings apply to them.
 
 
 @contextlib.contextmanager
