@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from transformers import HfArgumentParser, TrainingArguments
 
+from .configuration_lora import DEFAULT_PHASE_TRAINABLE
 from .data import DataArguments, DataError
 from .precision import choose_precision
 from .run_dir import PREDICTIONS_NAME
@@ -72,8 +73,9 @@ class LoraArguments:
     target_modules: list[str] = field(default_factory=lambda: ["auto"], metadata={"help": "'auto' or module-name suffixes / 're:' regexes."})
     use_rslora: bool = field(default=False, metadata={"help": "Scale by alpha / sqrt(r)."})
     init_lora_weights: str = field(default="kaiming", metadata={"help": "kaiming or gaussian."})
-    pretrain_trainable: list[str] = field(default_factory=lambda: ["lora", "embeddings"], metadata={"help": "Groups the pretrain phase trains."})
-    finetune_trainable: list[str] = field(default_factory=lambda: ["lora", "head"], metadata={"help": "Groups the finetune phase trains (add `attention`, `norm`, ...)."})
+    pretrain_trainable: list[str] = field(default_factory=lambda: list(DEFAULT_PHASE_TRAINABLE["pretrain"]), metadata={"help": (
+        "Groups the pretrain phase trains (a base without an LM head gets a new one, trained too: group `head`).")})
+    finetune_trainable: list[str] = field(default_factory=lambda: list(DEFAULT_PHASE_TRAINABLE["finetune"]), metadata={"help": "Groups the finetune phase trains (add `attention`, `norm`, ...)."})
 
     def lora_config_kwargs(self) -> dict:
         """The `LoraConfig` keyword arguments these flags stand for."""

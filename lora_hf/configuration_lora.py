@@ -16,7 +16,9 @@ __all__ = ["LoraConfig", "PHASES", "GROUPS", "is_encoder"]
 PHASES = ("pretrain", "finetune")
 GROUPS = ("lora", "embeddings", "head", "attention", "norm", "bias", "all")
 INIT_CHOICES = ("kaiming", "gaussian")
-DEFAULT_PHASE_TRAINABLE = {"pretrain": ["lora", "embeddings"], "finetune": ["lora", "head"]}
+# Phase 1 trains the adapters only (and the LM head when the base has none): training the embeddings too cost
+# 48 MB in every later save and no accuracy (docs/phase_one.md).
+DEFAULT_PHASE_TRAINABLE = {"pretrain": ["lora"], "finetune": ["lora", "head"]}
 # Fields every config has that the backbone reads from its own config: set on a LoraConfig, they are set on the
 # backbone's config too, so the two never disagree (`config.output_hidden_states = True` reaches the model).
 _LABEL_FIELDS = ("id2label", "label2id", "problem_type")

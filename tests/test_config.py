@@ -13,7 +13,7 @@ def test_defaults_are_the_documented_ones():
     config = LoraConfig()
     assert (config.model_type, config.r, config.lora_alpha, config.lora_dropout) == ("lora", 8, 16, 0.0)
     assert (config.target_modules, config.use_rslora, config.init_lora_weights) == ("auto", False, "kaiming")
-    assert config.phase_trainable == {"pretrain": ["lora", "embeddings"], "finetune": ["lora", "head"]}
+    assert config.phase_trainable == {"pretrain": ["lora"], "finetune": ["lora", "head"]}
     assert config.base_model_name_or_path is None
 
 

@@ -90,7 +90,8 @@ def test_trained_embeddings_and_lm_head_go_to_modules_to_save(bases, tmp_path):
     from transformers import AutoModelForMaskedLM
 
     torch.manual_seed(0)
-    model = LoraForMaskedLM.from_base_model(bases["bert"], r=4, lora_alpha=8)
+    model = LoraForMaskedLM.from_base_model(bases["bert"], r=4, lora_alpha=8,
+                                            phase_trainable={"pretrain": ["lora", "embeddings"], "finetune": ["lora", "head"]})
     model.set_phase("pretrain")  # lora + embeddings
     randomize_adapters(model)
     with torch.no_grad():

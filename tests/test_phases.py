@@ -16,7 +16,8 @@ def trainable_names(model):
 
 
 def test_phases_train_exactly_their_groups():
-    model = LoraForMaskedLM(LoraConfig(backbone_config=tiny_config("bert"), r=2))
+    phases = {"pretrain": ["lora", "embeddings"], "finetune": ["lora", "head"]}
+    model = LoraForMaskedLM(LoraConfig(backbone_config=tiny_config("bert"), r=2, phase_trainable=phases))
     lora = {n for n, _ in model.named_parameters() if n.endswith((".lora_A", ".lora_B"))}
     assert len(lora) == 16
     assert trainable_names(model) == lora | {n for n, _ in model.named_parameters() if n.startswith("backbone.cls.")}  # finetune at start

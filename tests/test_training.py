@@ -76,7 +76,7 @@ def test_two_phase_bert_writes_both_phases_and_a_loadable_final_model(bert_dir, 
     card = (out / "README.md").read_text()
     assert "train.csv" in card and "not recorded" not in card
     model = lora_hf.LoraForSequenceClassification.from_pretrained(out)
-    assert model.config.trained_groups == ["lora", "embeddings", "head"]
+    assert model.config.trained_groups == ["lora", "head"]  # phase 1 trained the adapters alone (the base has an MLM head)
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     auto = AutoModelForSequenceClassification.from_pretrained(out)
@@ -87,8 +87,9 @@ def test_two_phase_bert_writes_both_phases_and_a_loadable_final_model(bert_dir, 
 def test_finetune_starts_from_the_pretrain_adapters(bert_dir, csv_data, tmp_path):
     out = tmp_path / "run"
     assert main(["--model_name_or_path", bert_dir, *data_flags(csv_data), "--output_dir", str(out),
-                 "--skip_finetune", "--pretrain_max_steps", "3", *FAST]) == 0
+                 "--skip_finetune", "--pretrain_max_steps", "3", "--pretrain_trainable", "lora", "embeddings", *FAST]) == 0
     saved = load_file(out / "pretrain" / "model.safetensors")
+    assert any("word_embeddings" in k for k in saved)
     model = lora_hf.LoraForSequenceClassification.from_pretrained(out / "pretrain", num_labels=2)
     state = model.state_dict()
     lora_keys = [k for k in saved if k.endswith(("lora_A", "lora_B"))]

@@ -95,7 +95,7 @@ def _check_the_log_says_what_happened(stdout: str, out: Path) -> None:
     and one-line ways to use it, and the printed load and pipeline lines run as printed."""
     pretrain, finetune = stdout.index("==== pretrain phase: masked LM on"), stdout.index("==== finetune phase: classification on")
     assert pretrain < finetune
-    assert "trains: lora, embeddings; the rest is frozen\ntrainable params: " in stdout[pretrain:finetune]
+    assert "trains: lora; the rest is frozen\ntrainable params: " in stdout[pretrain:finetune]  # the base has its MLM head
     assert "pairs.csv: 24 train, 24 validation" in stdout[finetune:] and "trains: lora, head; the rest is frozen" in stdout[finetune:]
     tail = stdout.rstrip().splitlines()[-6:]
     assert tail[0] == f"saved to: {out}" and tail[-1].startswith("=====")
