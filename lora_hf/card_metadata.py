@@ -23,6 +23,8 @@ __all__ = ["CARD_NAME", "HUB_LICENSES", "looks_like_hub_id", "hub_base_model", "
 
 # The card's file name; a local base model's own card is read for its Hub id and license.
 CARD_NAME = "README.md"
+# Marks a card lora_hf rendered; a README.md without it was written by a person and is kept.
+GENERATED_MARK = "lora_hf:generated-card"
 # License ids the Hub accepts (https://huggingface.co/docs/hub/repositories-licenses).
 HUB_LICENSES = frozenset(
     """

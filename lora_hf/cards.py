@@ -20,11 +20,12 @@ from pathlib import Path
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from transformers.utils import logging
 
-from .card_metadata import CARD_NAME, base_license, check_card_metadata, hub_base_model, looks_like_hub_id
+from .card_metadata import CARD_NAME, GENERATED_MARK, base_license, check_card_metadata, hub_base_model, looks_like_hub_id
 from .checkpoint_lora import CONFIG_NAME, WEIGHTS_NAME, atomic_write_text, read_safetensors
 from .configuration_lora import PHASES, LoraConfig, is_encoder
 from .loading_lora import quiet_transformers
 from .model_dir import check_model_dir, model_class
+from .modeling_lora import language_model_class
 from .run_dir import LOSS_PICTURE, RECORD_NAME, RESULTS_NAME
 
 logger = logging.get_logger(__name__)
@@ -41,7 +42,7 @@ __all__ = [
 
 TEMPLATE_NAME = "lora_model_card.md"
 # Marks a card this module rendered; a README.md without it was written by a person and is pushed as it is.
-GENERATED_MARK = "lora_hf:generated-card"
+
 
 FINETUNE_OBJECTIVES = {
     "classification": "sequence classification, cross-entropy over the labels",
@@ -97,10 +98,8 @@ def _count_parameters(config, encoder: bool) -> dict:
     """
     import torch
 
-    from . import modeling_lora
-
     final = model_class(config)
-    classes = {"pretrain": modeling_lora.LoraForMaskedLM if encoder else modeling_lora.LoraForCausalLM, "finetune": final}
+    classes = {"pretrain": language_model_class(config.backbone_config), "finetune": final}
     counts = {}
     try:
         for phase in config.phase_trainable:
@@ -245,7 +244,7 @@ def _objective(run: _SavedRun, phase: str) -> str:
 
 def _eval_results(run: _SavedRun, phase: str, rows: list) -> list:
     """The phase's metric rows as the `EvalResult`s of the card's model-index."""
-    task_type = run.pipeline_tag if phase == "finetune" else ("fill-mask" if run.encoder else "text-generation")
+    task_type = run.pipeline_tag if phase == "finetune" else language_model_class(run.config.backbone_config).pipeline_tag
     data_name = run.datasets.get(phase) or f"{phase} data (not recorded)"
     data_type = run.datasets.get(phase) if looks_like_hub_id(run.datasets.get(phase)) else _slug(data_name)
     return [

@@ -1,7 +1,7 @@
 """The lora_hf checkpoint format: what a save holds, the base fingerprint, the load plan, and staged writes.
 
-`modeling_lora.py` keeps the model classes, parameter groups, phases and merging; its `save_pretrained` and
-`from_pretrained` call into this file. It travels with a saved model's code (`CODE_FILES`), so it imports only
+`modeling_lora.py` keeps the model classes and merging, `phases_lora.py` the groups and phases; the models'
+`save_pretrained` and `from_pretrained` (through `loading_lora.py`) call into this file. It travels with a saved model's code (`CODE_FILES`), so it imports only
 torch, safetensors, transformers and the other travelling files.
 """
 
@@ -20,7 +20,7 @@ from safetensors.torch import save
 from torch import nn
 from transformers.utils import logging
 
-from .lora_layers import _LoraLayer, full_tensor, lora_layers, unwrapped_name, weight_shape, zero3_gathered
+from .lora_layers import LoraLayer, full_tensor, lora_layers, unwrapped_name, weight_shape, zero3_gathered
 
 logger = logging.get_logger(__name__)
 
@@ -74,7 +74,7 @@ def from_checkpoint_keys(model: nn.Module, state: dict, own_keys) -> dict:
 def _fingerprint_samples(model) -> tuple:
     """`(names digest, samples)`: the wrapped layers' names and shapes, and a strided sample of their base weights."""
     digest = hashlib.sha256()
-    prefix = model._base_prefix()
+    prefix = model.base_prefix()
     layers = sorted(lora_layers(model.backbone))
     per_layer = max(4, 256 // max(1, len(layers)))
     samples = []
@@ -83,7 +83,7 @@ def _fingerprint_samples(model) -> tuple:
         if weight.device.type == "meta":
             return None, None
         if layer.merged:
-            weight = weight.float() - layer._delta_fp32()
+            weight = weight.float() - layer.delta_weight_fp32()
         flat = weight.reshape(-1)
         samples.append(flat[:: max(1, flat.numel() // per_layer)][:per_layer].float().cpu())
         if prefix and name.startswith(prefix + "."):
@@ -125,7 +125,7 @@ def same_base(model, expected: str) -> bool:
 def _fingerprint_v1(model) -> str:
     """The fingerprint lora_hf 0.1.0 saved: a hash of rounded fp32 samples (changes with the load dtype)."""
     digest = hashlib.sha256()
-    prefix = model._base_prefix()
+    prefix = model.base_prefix()
     for name, layer in sorted(lora_layers(model.backbone)):
         weight = layer.weight.detach()
         if layer.merged:
@@ -161,17 +161,15 @@ def collect_tensors(model, state_dict: dict | None, save_base: bool) -> tuple:
 
 def write_model_dir(model, save_directory, tensors: dict, full_state: dict, new_rows: dict, save_base: bool) -> None:
     """Write `model.safetensors`, the code files, the generation config and `config.json` (last), each staged and renamed."""
-    from .lora_layers import lora_layers
-
     for name, layer in lora_layers(model):
         # A merged layer's weight holds W + scale * B @ A, and lora_A / lora_B are saved too: save W,
         # or the loaded (unmerged) model would add the update twice.
         key = f"{unwrapped_name(name)}.weight"
         if layer.merged and key in tensors and full_state[key].data_ptr() == layer.weight.data_ptr():
-            tensors[key] = (layer.weight.float() - layer._delta_fp32()).to(layer.weight.dtype).detach()
+            tensors[key] = (layer.weight.float() - layer.delta_weight_fp32()).to(layer.weight.dtype).detach()
     tensors = to_checkpoint_keys(model, tensors)
-    architecture = model._model_class().__name__
-    metadata = {"format": "pt", "lora_hf_format": "full" if save_base else "adapter", "base_prefix": model._base_prefix(),
+    architecture = model.lora_class().__name__
+    metadata = {"format": "pt", "lora_hf_format": "full" if save_base else "adapter", "base_prefix": model.base_prefix(),
                 "architecture": architecture}
     if new_rows:
         metadata["lora_hf_new_rows"] = json.dumps(new_rows, sort_keys=True)
@@ -183,7 +181,7 @@ def write_model_dir(model, save_directory, tensors: dict, full_state: dict, new_
     if model.can_generate() and model.generation_config is not None:
         files.append((GENERATION_CONFIG_NAME, lambda tmp: model.generation_config.to_json_file(tmp, use_diff=True)))
     model.config.architectures = [architecture]
-    model.config.auto_map = model._auto_map()
+    model.config.auto_map = model.auto_map_entries()
     if isinstance(model.dtype, torch.dtype):
         model.config.dtype = model.dtype  # as transformers records it: `dtype="auto"` loads it back
     files.append((CONFIG_NAME, lambda tmp: model.config.to_json_file(tmp, use_diff=True)))
@@ -217,7 +215,7 @@ def reinitialize(model, keys: list) -> None:
                 if hasattr(tensor, "_is_hf_initialized"):
                     del tensor._is_hf_initialized
             module._is_hf_initialized = False
-            if isinstance(module, _LoraLayer):
+            if isinstance(module, LoraLayer):
                 module.reset_lora_parameters(model.config.init_lora_weights)
             else:
                 model.backbone._init_weights(module)
@@ -325,7 +323,7 @@ def _fresh_and_missing(model, plan: LoadPlan, own: dict, strict_full: bool, head
         # A new head (and base tensors the old class never had, such as BERT's pooler) start fresh. A full
         # save holds every base tensor its class had: there, only adapters and trained groups must be found.
         kept = model.group_parameter_names("lora") | _trained_names(model)
-        own_prefix = model._base_prefix()
+        own_prefix = model.base_prefix()
         fresh = sorted(k for k in required - loaded
                        if split_key(k, own_prefix)[0] == "head" or k in model.newly_initialized_keys or (strict_full and k not in kept))
         required -= set(fresh)
@@ -369,10 +367,10 @@ def load_saved_tensors(model, state: dict, metadata: dict, strict_full: bool, ig
     Returns transformers' loading info: `missing_keys` (initialised here, not loaded), `unexpected_keys`,
     `mismatched_keys` (re-initialised under `ignore_mismatched_sizes`) and `error_msgs`.
     """
-    own_prefix = model._base_prefix()
+    own_prefix = model.base_prefix()
     own = model.state_dict(keep_vars=True)
     state = from_checkpoint_keys(model, state, own)
-    own_class = model._model_class().__name__
+    own_class = model.lora_class().__name__
     saved_class = metadata.get("architecture") or (model.config.architectures or [own_class])[0]
     head_switch = saved_class != own_class
     new_rows = read_new_rows(metadata)
@@ -386,7 +384,7 @@ def load_saved_tensors(model, state: dict, metadata: dict, strict_full: bool, ig
     _report(model, plan, fresh, saved_class, reinit_targets)
     model.config.architectures = [own_class]
     # Re-apply the phase: loading replaced no Parameter, but keep requires_grad explicit.
-    model._apply_phase(model.active_phase)
+    model.apply_phase(model.active_phase)
     loaded = set(plan.targets.values())
     missing_keys = set(model.newly_initialized_keys) | (set(own) - loaded - reinit_targets if strict_full else set())
     return {
@@ -469,8 +467,8 @@ def atomic_write_all(directory, files: list) -> None:
 
     Nothing is renamed before every file is written, so a failed write (disk full) leaves all the
     previous files as they were; each rename is atomic, so readers never see half a file. Files are
-    staged in a private `.lora_hf-save-<pid>-*` folder (safetensors adds its own temporary file
-    beside its target); the folders of saves whose process died are removed first.
+    staged in a private `.lora_hf-save-<pid>-*` folder and fsynced before any rename; the folders of saves
+    whose process died are removed first.
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,6 @@
 """The Hub: `push_to_hub` uploads a lora_hf model in one commit; the `lora-hf card` / `lora-hf push` commands.
 
-A push uploads config, weights, the three modelling files, the card, the loss picture (and the
+A push uploads config, weights, the code files, the card, the loss picture (and the
 tokenizer and results when present) in one commit. The card itself is built in `lora_hf.cards`; its
 names are re-exported here, where callers found them before the card had a module of its own.
 
@@ -50,11 +50,14 @@ __all__ = [
 def hub_files(model_dir: str | Path) -> list:
     """The files of `model_dir` a push uploads besides the card: config, weights, code, and the optional extras."""
     model_dir = Path(model_dir)
-    missing = [name for name in (CONFIG_NAME, WEIGHTS_NAME, *CODE_FILES) if not (model_dir / name).is_file()]
+    # The code files its config.json's auto_map names; directories saved before the checkpoint format had its own
+    # files carry three, and those three serve them.
+    code = [name for name in CODE_FILES if (model_dir / name).is_file()]
+    missing = [name for name in (CONFIG_NAME, WEIGHTS_NAME, "configuration_lora.py", "modeling_lora.py") if not (model_dir / name).is_file()]
     if missing:
         raise OSError(f"{str(model_dir)!r} lacks {missing}; save the model again with `save_pretrained` (it writes the code files).")
     optional = [GENERATION_CONFIG_NAME, LOSS_PICTURE, RESULTS_NAME, RECORD_NAME, *tokenizer_files(model_dir)]
-    return [CONFIG_NAME, WEIGHTS_NAME, *CODE_FILES, *(name for name in optional if (model_dir / name).is_file())]
+    return [CONFIG_NAME, WEIGHTS_NAME, *code, *(name for name in optional if (model_dir / name).is_file())]
 
 
 def _check_repo_id(repo_id) -> str:
@@ -81,7 +84,7 @@ def push_to_hub(model_or_dir: "str | Path | LoraPreTrainedModel", repo_id: str, 
                 source_dir: str | Path | None = None) -> CommitInfo:
     """Upload a lora_hf model (a directory or a model object) to `repo_id` in one commit; return the `CommitInfo`.
 
-    The commit holds config.json, model.safetensors, the three modelling files, README.md (rendered
+    The commit holds config.json, model.safetensors, the code files, README.md (rendered
     for `repo_id`, unless the directory's README.md is a hand-edited card) and, when present,
     loss_curve.png, all_results.json, run_record.json, generation_config.json and the tokenizer files.
     `base_model_id` replaces a local `base_model_name_or_path` in the uploaded config.json with a Hub

@@ -208,7 +208,7 @@ def build_on_base(cls, path, config, base_model_name_or_path, ignore_base_mismat
                 f"({str(err).splitlines()[0]}). Load the base they were trained on; `ignore_base_mismatch` cannot bridge shapes."
             ) from None
     model = cls(config, backbone=backbone)
-    model._set_newly_initialized(info)
+    model.set_newly_initialized(info)
     if base_model_name_or_path:
         config.base_model_name_or_path = str(base_model_name_or_path)
     expected = config.base_fingerprint
@@ -294,7 +294,7 @@ def _size_differences(base, saved_config, hub_kwargs: dict) -> str:
 
 def base_hub_kwargs(hub_kwargs: dict) -> dict:
     # The subfolder and revision belong to the adapter repo, not to the base model's.
-    return {k: v for k, v in hub_kwargs.items() if k not in ("revision", "subfolder")}
+    return {k: v for k, v in hub_kwargs.items() if k in ("cache_dir", "force_download", "local_files_only", "token")}
 
 
 def resolve_dtype(dtype, torch_dtype):
@@ -331,7 +331,7 @@ def place(model: nn.Module, device_map, max_memory) -> None:
 
 
 def prefix_of(cls, config) -> str:
-    """The attribute a `cls` backbone keeps its base model under (`bert`), as `_base_prefix` reads it off a model."""
+    """The attribute a `cls` backbone keeps its base model under (`bert`), as `base_prefix` reads it off a model."""
     with torch.device("meta"):
         skeleton = cls.backbone_auto_class.from_config(copy.deepcopy(config.backbone_config))
     prefix = getattr(skeleton, "base_model_prefix", "")
@@ -366,7 +366,7 @@ def load_base_model(cls, base_model_name_or_path: str, lora: dict, backbone_kwar
             base_model_name_or_path, config=backbone_config, output_loading_info=True, use_safetensors=True, **hub_kwargs, **load_kwargs
         )
     model = cls(config, backbone=backbone)
-    model._set_newly_initialized(info)
+    model.set_newly_initialized(info)
     if model.newly_initialized_keys:
         logger.warning(
             f"{base_model_name_or_path} has no weights for {', '.join(_module_roots(model.newly_initialized_keys))}: "

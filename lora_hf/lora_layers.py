@@ -86,7 +86,7 @@ def _check_init(init_lora_weights: str) -> None:
         raise ValueError(f"`init_lora_weights` must be one of {list(INIT_CHOICES)}, got {init_lora_weights!r}.")
 
 
-class _LoraLayer(nn.Module):
+class LoraLayer(nn.Module):
     """What LoRA layers share: scaling, merge state, and the way back to the original layer."""
 
     def _setup(self, base: nn.Module, r: int, lora_alpha: float, lora_dropout: float, use_rslora: bool) -> None:
@@ -114,9 +114,9 @@ class _LoraLayer(nn.Module):
 
     def delta_weight(self) -> torch.Tensor:
         """`scale * B @ A`, laid out like `self.weight` and in its dtype (computed in fp32)."""
-        return self._delta_fp32().to(self.weight.dtype)
+        return self.delta_weight_fp32().to(self.weight.dtype)
 
-    def _delta_fp32(self) -> torch.Tensor:
+    def delta_weight_fp32(self) -> torch.Tensor:
         # fp32 whatever the weight dtype: merging in bf16 would round the small update away.
         return self._to_weight_layout((self.lora_B.float() @ self.lora_A.float()) * self.scaling)
 
@@ -128,7 +128,7 @@ class _LoraLayer(nn.Module):
         """Fold the update into `weight`; the forward then costs what the base layer costs."""
         if self.merged:
             return
-        merged = self.weight.float() + self._delta_fp32()
+        merged = self.weight.float() + self.delta_weight_fp32()
         if safe_merge and not torch.isfinite(merged).all():
             raise ValueError(f"Merging the adapter of {self!r} produced NaN/Inf weights; the adapter is broken.")
         self.weight.copy_(merged)
@@ -139,7 +139,7 @@ class _LoraLayer(nn.Module):
         """Take the update back out of `weight` (exact up to floating-point rounding)."""
         if not self.merged:
             return
-        unmerged = self.weight.float() - self._delta_fp32()
+        unmerged = self.weight.float() - self.delta_weight_fp32()
         self.weight.copy_(unmerged)
         self.merged = False
 
@@ -155,7 +155,7 @@ class _LoraLayer(nn.Module):
         return base
 
 
-class LoraLinear(_LoraLayer):
+class LoraLinear(LoraLayer):
     """`y = base(x) + scale * B(A(dropout(x)))` beside an `nn.Linear` or GPT-2's `Conv1D`.
 
     Example:
@@ -278,7 +278,7 @@ class _LoraLinearFunction(torch.autograd.Function):
         return grad_x, grad_lora_x, grad_w, grad_bias, grad_a, grad_b, None, None
 
 
-class LoraEmbedding(_LoraLayer):
+class LoraEmbedding(LoraLayer):
     """`y = E[x] + scale * (A^T[x]) B^T` beside an `nn.Embedding`.
 
     A starts at zero and B is random, so the model equals its base at step 0 (as in PEFT).
@@ -335,7 +335,7 @@ class LoraEmbedding(_LoraLayer):
 def lora_layers(model: nn.Module):
     """Yield `(name, layer)` for every LoRA layer in `model`."""
     for name, module in model.named_modules():
-        if isinstance(module, _LoraLayer):
+        if isinstance(module, LoraLayer):
             yield name, module
 
 

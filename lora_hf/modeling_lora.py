@@ -29,9 +29,9 @@ from .checkpoint_lora import (
     collect_tensors,
     write_model_dir,
 )
-from .configuration_lora import LoraConfig
+from .configuration_lora import LoraConfig, is_encoder
 from .loading_lora import load_base_model, load_pretrained
-from .lora_layers import LoraEmbedding, _LoraLayer, inject_lora, lora_layers, unload_lora
+from .lora_layers import LoraEmbedding, LoraLayer, inject_lora, lora_layers, unload_lora
 from .phases_lora import LoraPhasesMixin
 
 logger = logging.get_logger(__name__)
@@ -46,6 +46,7 @@ __all__ = [
     "LoraForQuestionAnswering",
     "HEAD_CLASSES",
     "head_class",
+    "language_model_class",
     "CheckpointMismatchError",
     "CODE_FILES",
     "CONFIG_NAME",
@@ -92,7 +93,7 @@ class LoraPreTrainedModel(LoraPhasesMixin, PreTrainedModel):
         self.newly_initialized_keys = []
         self.post_init()
         # Ready to fine-tune out of the box (adapters + head), as PEFT's task models are.
-        self._apply_phase("finetune" if "finetune" in config.phase_trainable else next(iter(config.phase_trainable)))
+        self.apply_phase("finetune" if "finetune" in config.phase_trainable else next(iter(config.phase_trainable)))
 
     @torch.no_grad()
     def initialize_weights(self):
@@ -133,7 +134,7 @@ class LoraPreTrainedModel(LoraPhasesMixin, PreTrainedModel):
         The added rows are saved with the adapters (only they: `base_vocab_size` records where the base
         checkpoint's vocabulary ends); the resized tensors stay frozen unless the active phase trains them.
         """
-        if any(isinstance(m, _LoraLayer) for m in (self.get_input_embeddings(), self.get_output_embeddings())):
+        if any(isinstance(m, LoraLayer) for m in (self.get_input_embeddings(), self.get_output_embeddings())):
             raise ValueError(
                 "Cannot resize the token embeddings: a LoRA layer wraps them (`target_modules`). Resize the base model "
                 "before wrapping it, or leave the embeddings out of `target_modules`."
@@ -143,10 +144,10 @@ class LoraPreTrainedModel(LoraPhasesMixin, PreTrainedModel):
         embeddings = self.backbone.resize_token_embeddings(new_num_tokens, pad_to_multiple_of, mean_resizing)
         self.vocab_size = self.config.get_text_config().vocab_size  # as transformers' resize sets it
         # Parameters the resize replaced come back trainable: the phase decides.
-        self._apply_phase(self.active_phase or ("finetune" if "finetune" in self.config.phase_trainable else next(iter(self.config.phase_trainable))))
+        self.apply_phase(self.active_phase or ("finetune" if "finetune" in self.config.phase_trainable else next(iter(self.config.phase_trainable))))
         return embeddings
 
-    def _base_prefix(self) -> str:
+    def base_prefix(self) -> str:
         """`bert` for a `BertForX` backbone; empty when the backbone is the bare base model."""
         prefix = getattr(self.backbone, "base_model_prefix", "")
         return prefix if prefix and isinstance(getattr(self.backbone, prefix, None), nn.Module) else ""
@@ -293,11 +294,12 @@ class LoraPreTrainedModel(LoraPhasesMixin, PreTrainedModel):
             write_model_dir(self, save_directory, tensors, full_state, new_rows, save_base)
 
     @staticmethod
-    def _auto_map() -> dict:
+    def auto_map_entries() -> dict:
+        """`config.auto_map` of a save: the Auto classes and the travelling modules that serve them."""
         heads = {cls.backbone_auto_class.__name__: f"modeling_lora.{cls.__name__}" for cls in HEAD_CLASSES}
         return {"AutoConfig": "configuration_lora.LoraConfig", **heads}
 
-    def _model_class(self) -> type:
+    def lora_class(self) -> type:
         """This model's lora_hf class: FSDP2's `fully_shard` swaps in a subclass `FSDP<Class>` of `(FSDPModule, Class)`,
         which must not reach `config.architectures` (loading would read it as another head)."""
         return next(c for c in type(self).__mro__ if "FSDPModule" not in {base.__name__ for base in c.__mro__})
@@ -328,7 +330,8 @@ class LoraPreTrainedModel(LoraPhasesMixin, PreTrainedModel):
                 "use_rslora": use_rslora, "init_lora_weights": init_lora_weights, "phase_trainable": phase_trainable}
         return load_base_model(cls, base_model_name_or_path, lora, backbone_kwargs)
 
-    def _set_newly_initialized(self, loading_info: dict) -> None:
+    def set_newly_initialized(self, loading_info: dict) -> None:
+        """Record the base tensors a load did not find (transformers' `loading_info["missing_keys"]`)."""
         # Base tensors the checkpoint lacked (a task head, a pooler, an LM head a sentence encoder was
         # saved without) are random: they are saved with the adapters, or every load would differ.
         names = {n for n, _ in self.named_parameters()}
@@ -557,9 +560,14 @@ class LoraForCausalLM(LoraPreTrainedModel, GenerationMixin):
 
 
 # ----- helpers -----------------------------------------------------------------------------
-# Every head class: the one list the Auto registration, `auto_map` and the tables in hub, peft_interop
-# and training are derived from. A new head is a class above with its attributes, added here.
+# Every head class: the one list the Auto registration, `auto_map`, the model card, PEFT export/import and
+# the training task registry are derived from. A new head is a class above with its attributes, added here.
 HEAD_CLASSES = (LoraModel, LoraForMaskedLM, LoraForSequenceClassification, LoraForTokenClassification, LoraForQuestionAnswering, LoraForCausalLM)
+
+
+def language_model_class(backbone_config) -> type:
+    """The head of the pretrain phase: masked LM for an encoder (`is_encoder`), causal LM otherwise."""
+    return LoraForMaskedLM if is_encoder(backbone_config) else LoraForCausalLM
 
 
 def head_class(name: str) -> type:

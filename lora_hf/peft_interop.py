@@ -89,8 +89,9 @@ def save_peft_adapter(model: LoraPreTrainedModel, save_directory: str | Path, ba
     trained weight or bias of a module that also carries LoRA.
     """
     arch = type(model).__name__
-    if not isinstance(model, HEAD_CLASSES):
-        raise ValueError(f"save_peft_adapter needs one of lora_hf's model classes {[c.__name__ for c in HEAD_CLASSES]}, got {arch}.")
+    # By name: a model loaded as remote code is an instance of its own copy of the class.
+    if arch not in {c.__name__ for c in HEAD_CLASSES}:
+        raise ValueError(f"save_peft_adapter needs one of lora_hf's model classes {sorted(c.__name__ for c in HEAD_CLASSES)}, got {arch}.")
     backbone = model.backbone
     lora = _lora_modules(backbone)
     if not lora:

@@ -44,7 +44,7 @@ class LoraPhasesMixin:
         if group == "bias":
             return {n for n in names if n.endswith(".bias")}
         if group == "head":
-            prefix = self._base_prefix()
+            prefix = self.base_prefix()
             if not prefix:
                 return set()
             body = f"backbone.{prefix}."
@@ -80,10 +80,10 @@ class LoraPhasesMixin:
         """Train exactly the groups `config.phase_trainable[phase]` names; freeze everything else.
 
         Example:
-            >>> model.set_phase("pretrain")  # LoRA + embeddings by default
+            >>> model.set_phase("pretrain")  # the adapters by default
             >>> model.print_trainable_parameters()
         """
-        self._apply_phase(phase)
+        self.apply_phase(phase)
         self._record_trained(phase)
 
     def _record_trained(self, phase: str) -> None:
@@ -101,7 +101,8 @@ class LoraPhasesMixin:
             if group not in self.config.trained_groups:
                 self.config.trained_groups.append(group)
 
-    def _apply_phase(self, phase: str) -> None:
+    def apply_phase(self, phase: str) -> None:
+        """Set `requires_grad` as `phase` says, without recording its groups as trained (loading re-applies a phase)."""
         trainable = self.phase_parameter_names(phase)
         if not trainable:
             raise ValueError(

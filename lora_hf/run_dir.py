@@ -27,7 +27,8 @@ from .checkpoint_lora import atomic_write_all, atomic_write_text
 from .configuration_lora import PHASES
 from .data import DataError
 from .model_dir import TOKENIZER_FILES, check_output_dir
-from .checkpoint_lora import CODE_FILES, CONFIG_NAME, WEIGHTS_NAME
+from .card_metadata import CARD_NAME, GENERATED_MARK
+from .checkpoint_lora import CODE_FILES, CONFIG_NAME, GENERATION_CONFIG_NAME, WEIGHTS_NAME
 from .report import plot_loss_curves
 
 logger = logging.get_logger(__name__)
@@ -42,7 +43,7 @@ PHASE_ARGUMENTS = "run_arguments.json"
 PREDICTIONS_NAME = "predict_results.txt"
 LOSS_PICTURE = "loss_curve.png"
 # What the top directory gets from the last phase's directory.
-PUBLISHED = (CONFIG_NAME, WEIGHTS_NAME, *CODE_FILES, "generation_config.json", PREDICTIONS_NAME)
+PUBLISHED = (CONFIG_NAME, WEIGHTS_NAME, *CODE_FILES, GENERATION_CONFIG_NAME, PREDICTIONS_NAME)
 # `--resume_from_checkpoint` values that mean "the last complete checkpoint", as the Trainer reads them.
 _LAST = ("True", "true", "1", "last")
 # Arguments that change no trained weight and no reported metric: a resumed run may change them.
@@ -106,7 +107,7 @@ def _is_complete_checkpoint(path: Path) -> bool:
         json.loads((path / "trainer_state.json").read_text())
     except (OSError, ValueError):
         return False
-    return (path / "model.safetensors").is_file()
+    return (path / WEIGHTS_NAME).is_file()
 
 
 # ----- may a phase be continued ----------------------------------------------------------------
@@ -169,8 +170,8 @@ def clear_previous_run(out: Path) -> None:
             shutil.rmtree(out / phase)
     for name in (RESULTS_NAME, RECORD_NAME, *PUBLISHED, LOSS_PICTURE, *TOKENIZER_FILES):
         (out / name).unlink(missing_ok=True)
-    card = out / "README.md"
-    if card.is_file() and "lora_hf:generated-card" in card.read_text(encoding="utf-8", errors="replace"):
+    card = out / CARD_NAME
+    if card.is_file() and GENERATED_MARK in card.read_text(encoding="utf-8", errors="replace"):
         card.unlink()  # a generated card describes the old run; a card the user wrote stays
 
 

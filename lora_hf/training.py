@@ -477,8 +477,10 @@ def main(argv: list | None = None) -> int:
 
 def _unsafe_pickles(checkpoint: Path) -> str:
     """What the Trainer's pickles in `checkpoint` would call, read by torch without running them."""
-    from torch.serialization import get_unsafe_globals_in_checkpoint
-
+    try:
+        from torch.serialization import get_unsafe_globals_in_checkpoint
+    except ImportError:  # torch < 2.5: the file stays unread
+        return "a pickle there holds more than tensors"
     found = []
     for path in sorted(checkpoint.glob("*.pt*")):  # optimizer.pt, scheduler.pt, rng_state*.pth
         try:

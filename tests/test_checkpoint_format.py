@@ -64,7 +64,7 @@ def test_rows_added_to_the_vocabulary_are_saved_as_those_rows_only():
 def test_each_head_declares_what_every_table_reads(cls):
     auto = cls.backbone_auto_class
     assert auto._model_mapping[LoraConfig] is cls  # `import lora_hf` registered it with its Auto class
-    assert cls._auto_map()[auto.__name__] == f"modeling_lora.{cls.__name__}"
+    assert cls.auto_map_entries()[auto.__name__] == f"modeling_lora.{cls.__name__}"
     assert getattr(transformers, auto.__name__) is auto
     # The Hub's tag; a transformers pipeline too wherever `lora-hf train` prints a pipeline line (transformers 5
     # dropped the question-answering pipeline; the Hub still tags such models "question-answering").
