@@ -31,6 +31,13 @@ class LoraTrainer(Trainer):
         {0.002, 5e-05}
     """
 
+    def _get_eval_sampler(self, eval_dataset):
+        # transformers 5 batches evaluation by length when training does (`train_sampling_strategy`), which
+        # permutes `predict`'s rows; predict_results.txt must follow the test file. Metrics do not care.
+        if eval_dataset is None or self.args.world_size > 1:
+            return super()._get_eval_sampler(eval_dataset)
+        return torch.utils.data.SequentialSampler(eval_dataset)
+
     def create_optimizer(self, model=None):
         had_optimizer = self.optimizer is not None
         optimizer = super().create_optimizer(model)

@@ -318,7 +318,9 @@ def test_do_predict_writes_regression_values_and_word_labels(bert_dir, tmp_path)
     assert lines[0] == "index\tprediction" and len(lines) == 17
     assert all(re.fullmatch(r"\d+\t-?\d+\.\d{3}", line) for line in lines[1:])  # run_glue.py: f"{value:3.3f}"
 
-    tok = [{"tokens": t.split(), "tags": ["POS" if i == 0 else "O" for i, _ in enumerate(t.split())]} for t, _ in sentences(12)]
+    # Rows of different lengths: batches grouped by length must not reorder the predictions.
+    tok = [{"tokens": t.split()[: 2 + k % 5], "tags": ["POS" if i == 0 else "O" for i, _ in enumerate(t.split()[: 2 + k % 5])]}
+           for k, (t, _) in enumerate(sentences(12))]
     tok_file = write_jsonl(tmp_path / "tok.jsonl", tok)
     out = tmp_path / "tok"
     assert main(["--model_name_or_path", bert_dir, "--train_file", tok_file, "--test_file", tok_file, "--do_predict",
@@ -326,3 +328,20 @@ def test_do_predict_writes_regression_values_and_word_labels(bert_dir, tmp_path)
     rows = [line.split("\t")[1].split() for line in (out / "predict_results.txt").read_text().splitlines()[1:]]
     assert [len(r) for r in rows] == [len(row["tokens"]) for row in tok]  # one label per word, as run_ner.py
     assert {tag for r in rows for tag in r} <= {"O", "POS"}
+
+
+def test_predictions_follow_the_test_file_order_under_length_grouped_batches(bert_dir, tmp_path):
+    rows = [{"text": " ".join(t.split()[: 1 + k % 7]), "label": float(k % 3)} for k, (t, _) in enumerate(sentences(40))]
+    data = write_jsonl(tmp_path / "reg.jsonl", rows)
+    out = tmp_path / "reg"
+    assert main(["--model_name_or_path", bert_dir, "--train_file", data, "--test_file", data, "--do_predict", "--task", "regression",
+                 "--per_device_eval_batch_size", "8", "--output_dir", str(out), "--skip_pretrain", "--max_steps", "1", *FAST]) == 0
+    written = [float(line.split("\t")[1]) for line in (out / "predict_results.txt").read_text().splitlines()[1:]]
+    from transformers import AutoTokenizer
+
+    model = lora_hf.LoraForSequenceClassification.from_pretrained(out).eval()
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    with torch.no_grad():
+        direct = [model(**tokenizer(row["text"], return_tensors="pt")).logits.item() for row in rows]
+    assert written == pytest.approx(direct, abs=2e-3)  # row by row, in the file's order (values are written to 3 decimals)
+
