@@ -51,7 +51,8 @@ def run(out: Path, flags: list, seed: int, extra: list) -> dict:
         if code != 0:
             raise SystemExit(f"training into {out} failed with exit code {code}")
     record = json.loads((out / "run_record.json").read_text())
-    lines = (out / "finetune" / "predict_results.txt").read_text().splitlines()[1:]
+    predictions = [line.split("\t")[1] for line in (out / "finetune" / "predict_results.txt").read_text().splitlines()[1:]]
+    predictions = in_test_order(predictions, seed, record["finetune"]["test_accuracy"])
     phases = ("pretrain", "finetune")
     return {
         "test_accuracy": record["finetune"]["test_accuracy"],
@@ -60,8 +61,40 @@ def run(out: Path, flags: list, seed: int, extra: list) -> dict:
         "minutes": record["wall_seconds"] / 60,
         "train_minutes": sum(record.get(p, {}).get("train_wall_seconds", 0.0) for p in phases) / 60,
         "checkpoint_mb": (out / "model.safetensors").stat().st_size / 1e6,
-        "predictions": [line.split("\t")[1] for line in lines],
+        "predictions": predictions,
     }
+
+
+def gold_labels() -> list:
+    test = vader_task()[1]["test"]
+    return [str(label) for label in test.features["label"].int2str(test["label"])]
+
+
+def in_test_order(predictions: list, seed: int, test_accuracy: float) -> list:
+    """The predictions in the test file's order, checked against the run's recorded accuracy.
+
+    Runs made before lora_hf's fix wrote them in the order of transformers 5's length-grouped evaluation
+    batches (seeded by the run's seed): that order is rebuilt here, and accepted only if it gives the
+    accuracy the run recorded, exactly.
+    """
+    gold = gold_labels()
+    accuracy = lambda rows: sum(p == g for p, g in zip(rows, gold)) / len(gold)  # noqa: E731
+    if abs(accuracy(predictions) - test_accuracy) < 1e-9:
+        return predictions
+    from transformers import AutoTokenizer
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    from lora_hf.training import default_base_model
+
+    tokenizer = AutoTokenizer.from_pretrained(default_base_model())
+    lengths = [len(ids) for ids in tokenizer(list(vader_task()[1]["test"]["text"]), truncation=True, max_length=128)["input_ids"]]
+    order = list(LengthGroupedSampler(64, lengths=lengths, generator=torch.Generator().manual_seed(seed)))
+    restored = [None] * len(order)
+    for position, index in enumerate(order):
+        restored[index] = predictions[position]
+    if abs(accuracy(restored) - test_accuracy) >= 1e-9:
+        raise SystemExit(f"predictions of seed {seed} match neither the file order nor the length-grouped order")
+    return restored
 
 
 def mcnemar_exact(b: int, c: int) -> float:
@@ -115,7 +148,8 @@ def table(results: dict, gold: list) -> str:
         else:
             cmp = compare(runs, base, gold)
             row += [" / ".join(f"{d:+.2f}" for d in cmp["diffs"]) or "—",
-                    f"{cmp['mean_diff']:+.2f} ± {cmp['ci95']:.2f}" if cmp["diffs"] else "—",
+                    (f"{cmp['mean_diff']:+.2f} ± {cmp['ci95']:.2f}" if len(cmp["diffs"]) > 1 else f"{cmp['mean_diff']:+.2f} (one seed)")
+                    if cmp["diffs"] else "—",
                     f"{cmp['b']}/{cmp['c']}, p={cmp['p_mcnemar']:.2f}" if cmp["diffs"] else "—"]
         ppl = [runs[s]["pretrain_perplexity"] for s in seeds if runs[s]["pretrain_perplexity"] is not None]
         row += [f"{mean(ppl):.0f}" if ppl else "—", f"{mean([runs[s]['minutes'] for s in seeds]):.1f} min",
@@ -137,7 +171,7 @@ def main(argv=None) -> int:
     if unknown:
         parser.error(f"--variants {unknown} unknown; choose from {list(VARIANTS)}")
     out = Path(args.output_dir)
-    gold = [str(label) for label in vader_task()[1]["test"].features["label"].int2str(vader_task()[1]["test"]["label"])]
+    gold = gold_labels()
     results = {}
     for name in [BASELINE] + [v for v in args.variants if v != BASELINE]:
         results[name] = {}
