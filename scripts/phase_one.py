@@ -1,14 +1,14 @@
 #!/usr/bin/env python
 """What the pretrain phase gives on the default task (MiniLM + VADER movie snippets), measured paired.
 
-    python scripts/phase_one.py --output_dir runs/phase_one [--seeds 42 43 44] [--variants NAME ...] [--doc docs/phase_one.md]
+    python scripts/phase_one.py --output_dir runs/phase_one [--seeds 42 43 44] [--variants NAME ...] [--doc docs/phase_one.md README.md]
 
 Every variant is one `lora-hf train` run per seed with the same finetune recipe (the defaults); only
 phase 1 differs. Each is compared with the finetune-only run of the same seed: the per-seed
 difference in test accuracy, their mean with a t interval, and McNemar's exact test on the
 test snippets (pooled over seeds: the discordant pairs, one run right and the other wrong).
 Finished runs are read, not retrained, so the script can be stopped and started again; the
-table goes into the doc between the `phase-one` markers.
+table goes between the `phase-one` markers of docs/phase_one.md and the README.
 """
 
 import argparse
@@ -163,7 +163,9 @@ def main(argv=None) -> int:
     parser.add_argument("--output_dir", default="runs/phase_one")
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), help=f"Names from: {list(VARIANTS)}")
-    parser.add_argument("--doc", default=str(Path(__file__).resolve().parents[1] / "docs" / "phase_one.md"))
+    root = Path(__file__).resolve().parents[1]
+    parser.add_argument("--doc", nargs="+", default=[str(root / "docs" / "phase_one.md"), str(root / "README.md")],
+                        help="Files whose `phase-one` markers get the table.")
     parser.add_argument("--only_report", action="store_true", help="Train nothing: tabulate the runs already finished.")
     parser.add_argument("extra", nargs="*", help="Flags passed to every run (after --).")
     args = parser.parse_args(argv)
@@ -186,9 +188,8 @@ def main(argv=None) -> int:
     print(text)
     summary = {name: {seed: {k: v for k, v in r.items() if k != "predictions"} for seed, r in runs.items()} for name, runs in results.items()}
     (out / "phase_one.json").write_text(json.dumps(summary, indent=2))
-    doc = Path(args.doc)
-    if doc.is_file():
-        content = doc.read_text()
+    for doc in map(Path, args.doc):
+        content = doc.read_text() if doc.is_file() else ""
         if START in content and END in content:
             content = re.sub(f"{re.escape(START)}.*?{re.escape(END)}", lambda _: f"{START}\n{text}\n{END}", content, flags=re.S)
             doc.write_text(content)
