@@ -93,7 +93,7 @@ def test_tied_weights_stay_tied_when_embeddings_train_and_are_counted_and_saved_
     from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
 
     lm_class, auto = (LoraForCausalLM, AutoModelForCausalLM) if name in DECODERS else (LoraForMaskedLM, AutoModelForMaskedLM)
-    model = lm_class(LoraConfig(backbone_config=tiny_config(name), r=2))
+    model = lm_class(LoraConfig(backbone_config=tiny_config(name), r=2, phase_trainable={"pretrain": ["lora", "embeddings"], "finetune": ["lora", "head"]}))
     model.set_phase("pretrain")
     embeddings = model.get_input_embeddings().weight
     assert model.backbone.get_submodule(lm_head).weight is embeddings and embeddings.requires_grad

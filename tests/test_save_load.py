@@ -115,7 +115,7 @@ def test_a_masked_lm_save_loads_into_sequence_classification_with_its_adapters_a
     """The new head, and BERT's pooler that a masked LM never had, start fresh; both travel with later saves."""
     torch.manual_seed(0)
     AutoModelForMaskedLM.from_config(tiny_config("bert")).save_pretrained(tmp_path / "base")
-    mlm = LoraForMaskedLM.from_base_model(str(tmp_path / "base"), r=2)
+    mlm = LoraForMaskedLM.from_base_model(str(tmp_path / "base"), r=2, phase_trainable={"pretrain": ["lora", "embeddings"], "finetune": ["lora", "head"]})
     mlm.set_phase("pretrain")
     trained(mlm)
     mlm.save_pretrained(tmp_path / "pretrained", save_base=save_base)
