@@ -434,9 +434,10 @@ class LoraForMaskedLM(LoraPreTrainedModel):
         """
         given = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids,
                  "position_ids": position_ids, "inputs_embeds": inputs_embeds}
-        head = self._vocabulary_head()
         num_items_in_batch = kwargs.pop("num_items_in_batch", None)
-        if not (self.training and labels is not None and head is not None and not output_attentions and not output_hidden_states and not kwargs):
+        plain = not self.training or labels is None or output_attentions or output_hidden_states or kwargs
+        head = None if plain else self._vocabulary_head()
+        if head is None:
             return super().forward(**given, labels=labels, output_attentions=output_attentions,
                                    output_hidden_states=output_hidden_states, return_dict=return_dict,
                                    num_items_in_batch=num_items_in_batch, **kwargs)

@@ -61,7 +61,7 @@ class LoraPhasesMixin:
         for module_name, module in self.named_modules():
             if module_name in modules:
                 members.update(unwrapped_name(f"{module_name}.{p}") for p, _ in module.named_parameters(recurse=group == "norm"))
-        return {n for n in members if n in set(names) and not n.endswith((".lora_A", ".lora_B"))}
+        return {n for n in members & set(names) if not n.endswith((".lora_A", ".lora_B"))}
 
     def phase_parameter_names(self, phase: str) -> set:
         """Names of the parameters `phase` trains, from `config.phase_trainable[phase]`."""

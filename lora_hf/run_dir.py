@@ -195,10 +195,8 @@ def publish_final(final_dir: Path, out: Path, tokenizer: PreTrainedTokenizerBase
     plot_loss_curves(histories, out / LOSS_PICTURE)
     write_json(out / RECORD_NAME, results)
     write_json(out / RESULTS_NAME, flat_results(results))
-    try:
-        from .cards import write_model_card
-    except ImportError:  # the card module is optional
-        return
+    from .cards import write_model_card  # here, not at the top: cards reads this module's file names
+
     try:
         write_model_card(out, results)
     except FileExistsError as err:  # the user's own card in the output directory stays

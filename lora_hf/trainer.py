@@ -156,7 +156,7 @@ class HeadWarmup(TrainerCallback):
                 p.requires_grad_(False)
 
     def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step >= self.steps:
+        if state.global_step == self.steps:  # once; a resume past the warm-up never froze them
             for p in self.held:
                 p.requires_grad_(True)
 

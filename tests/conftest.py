@@ -28,3 +28,11 @@ def run_dir(tmp_path_factory, bases):
     from hub_fixtures import save_run
 
     return save_run(tmp_path_factory.mktemp("run") / "out", bases["bert"])
+
+
+@pytest.fixture(scope="module")
+def bert_dir(tmp_path_factory):
+    """A tiny BERT with its masked-LM head and MiniLM's tokenizer, for `lora-hf train` runs (train_fixtures.save_tiny_bert)."""
+    from train_fixtures import save_tiny_bert
+
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny_bert"))

@@ -1,17 +1,14 @@
 """scripts/compare_baselines.py: each system trains once into its own folder, and the table lands between the README markers."""
 
-import importlib.util
 import json
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+import train_fixtures
+
 
 
 def load_script():
-    spec = importlib.util.spec_from_file_location("compare_baselines", REPO / "scripts" / "compare_baselines.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return train_fixtures.load_script("compare_baselines")
 
 
 def fake_train(calls):

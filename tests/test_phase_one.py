@@ -10,15 +10,9 @@ from safetensors.torch import load_file
 import lora_hf
 from lora_hf.training import main
 from tiny_backbones import ATOL, inputs
-from train_fixtures import save_tiny_bert, sentences, write_csv, write_jsonl
+from train_fixtures import FAST, sentences, write_csv, write_jsonl
 
-FAST = ["--max_seq_length", "16", "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "16",
-        "--logging_steps", "1", "--dataloader_pin_memory", "false", "--disable_tqdm", "true", "--bf16", "false"]
-
-
-@pytest.fixture(scope="module")
-def bert_dir(tmp_path_factory):
-    return save_tiny_bert(tmp_path_factory.mktemp("tiny_bert"))
+FAST = [*FAST, "--bf16", "false"]
 
 
 @pytest.fixture(scope="module")

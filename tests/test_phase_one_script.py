@@ -1,18 +1,14 @@
 """scripts/phase_one.py's statistics: McNemar's exact test and the paired comparison, on hand-made runs."""
 
-import importlib.util
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+import train_fixtures
+
 
 
 def load_script():
-    spec = importlib.util.spec_from_file_location("phase_one", REPO / "scripts" / "phase_one.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return train_fixtures.load_script("phase_one")
 
 
 def test_mcnemar_exact_matches_the_binomial_tail():

@@ -15,16 +15,7 @@ from safetensors.torch import load_file
 
 import lora_hf
 from lora_hf.training import main
-from train_fixtures import save_tiny_bert, save_tiny_gpt2, sentences, write_csv, write_jsonl
-
-REPO = Path(__file__).resolve().parents[1]
-FAST = ["--max_seq_length", "16", "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "16",
-        "--logging_steps", "1", "--dataloader_pin_memory", "false", "--disable_tqdm", "true"]
-
-
-@pytest.fixture(scope="module")
-def bert_dir(tmp_path_factory):
-    return save_tiny_bert(tmp_path_factory.mktemp("tiny_bert"))
+from train_fixtures import FAST, REPO, save_tiny_gpt2, sentences, write_csv, write_jsonl
 
 
 @pytest.fixture(scope="module")

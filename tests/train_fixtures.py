@@ -1,11 +1,17 @@
 """Tiny real-format models, tokenizers and data files for the training tests (no downloads)."""
 
 import csv
+import importlib.util
 import json
 import random
 from pathlib import Path
 
 from tiny_backbones import tiny_config
+
+REPO = Path(__file__).resolve().parents[1]
+# Small, fast `lora-hf train` runs: short sequences, small batches, a log line per step, no pinning or bars.
+FAST = ["--max_seq_length", "16", "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "16",
+        "--logging_steps", "1", "--dataloader_pin_memory", "false", "--disable_tqdm", "true"]
 
 POSITIVE = "good great fine lovely superb happy brilliant".split()
 NEGATIVE = "bad awful poor dull terrible sad boring".split()
@@ -74,3 +80,11 @@ def save_tiny_gpt2(path: Path) -> str:
     GPT2LMHeadModel(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return str(path)
+
+
+def load_script(name: str):
+    """`scripts/<name>.py` imported as a module (the scripts are not a package)."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
