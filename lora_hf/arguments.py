@@ -160,7 +160,9 @@ class LoraTrainingArguments(TrainingArguments):
     train_sampling_strategy: str = field(default="group_by_length", metadata={"help": "random, sequential, group_by_length (default: less padding) or batch_rebalance."})
     # Pinned memory only helps copies to a GPU; without one torch warns on every dataloader.
     dataloader_pin_memory: bool = field(default=torch.cuda.is_available(), metadata={"help": "Pin host memory (default: only with CUDA)."})
-    warmup_ratio: float = field(default=0.06, metadata={"help": "Linear warm-up share of the steps."})
+    # transformers 5 dropped `warmup_ratio` (a float below 1 in `warmup_steps` is now the share); the old
+    # flag is kept as a checked alias, since an attribute nobody reads would silently train without warm-up.
+    warmup_ratio: float | None = field(default=None, metadata={"help": "Linear warm-up as a share of the steps in [0, 1): transformers 4's flag, passed on as --warmup_steps."})
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay."})
     eval_strategy: str = field(default="epoch", metadata={"help": "When to evaluate: no, steps, epoch."})
     save_strategy: str = field(default="epoch", metadata={"help": "When to checkpoint: no, steps, epoch."})
@@ -191,6 +193,12 @@ class LoraTrainingArguments(TrainingArguments):
             if self.load_best_model_at_end:
                 raise DataError("`--load_best_model_at_end` needs evaluation; it cannot go with `--do_eval false`.")
             self.eval_strategy = "no"
+        if self.warmup_ratio is not None:
+            if not 0 <= self.warmup_ratio < 1:
+                raise DataError(f"`--warmup_ratio` must be in [0, 1), got {self.warmup_ratio}.")
+            if self.warmup_steps:
+                raise DataError(f"Give `--warmup_ratio` ({self.warmup_ratio}) or `--warmup_steps` ({self.warmup_steps}), not both.")
+            self.warmup_steps, self.warmup_ratio = self.warmup_ratio, None  # None: a rebuilt copy does not pass both
         self.precision, self.precision_reason = choose_precision(self.bf16, self.fp16, self.use_cpu)
         self.bf16 = self.precision == "bf16"
         if self.bf16 and not torch.cuda.is_available():

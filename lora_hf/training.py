@@ -244,7 +244,7 @@ class TwoPhaseRun:
     def hyperparameters(self, phase: str) -> dict:
         """What the model card cannot read back from `trainer_state.json`."""
         args = self.training_args
-        values = {"seed": args.seed, "weight decay": args.weight_decay, "warm-up ratio": args.warmup_ratio,
+        values = {"seed": args.seed, "weight decay": args.weight_decay, "warm-up": warmup_text(args.warmup_steps),
                   "max sequence length": self.data_args.max_seq_length}
         if phase == "pretrain":
             held_out = self.phase_args.held_out(len(self.pretrain_texts))
@@ -407,6 +407,11 @@ class TwoPhaseRun:
         return self.task.predictions(output, self.labels)
 
 
+
+
+def warmup_text(steps: float) -> str:
+    """`--warmup_steps` as the card says it: a float below 1 is a share of the steps (transformers 5)."""
+    return f"{steps:.0%} of the steps" if 0 < steps < 1 else f"{int(steps)} steps"
 
 
 def _load_tokenizer(base: str):

@@ -373,6 +373,10 @@ CLI_CASES = [
     ("base-with-pickled-weights-only", lambda env: ["train", "--model_name_or_path", _pickled_base(env), "--output_dir", str(fresh(env, "o"))],
      ("lora-hf train: error:", "pytorch_model.bin", "reads safetensors only")),
     ("not-an-int", lambda env: ["train", "--r", "x"], ("argument --r: invalid int value: 'x'",)),
+    ("warmup-ratio-one", lambda env: ["train", "--output_dir", str(fresh(env, "o")), "--warmup_ratio", "1"],
+     ("`--warmup_ratio` must be in [0, 1), got 1.0",)),
+    ("warmup-ratio-and-steps", lambda env: ["train", "--output_dir", str(fresh(env, "o")), "--warmup_ratio", "0.1", "--warmup_steps", "5"],
+     ("`--warmup_ratio` (0.1)", "`--warmup_steps` (5", "not both")),
     ("unknown-command", lambda env: ["bogus"], ("unknown command 'bogus'", "'train'")),
 ]
 

@@ -254,6 +254,22 @@ def test_defaults_group_batches_by_length_and_skip_pinning_without_cuda(tmp_path
     assert training_args.train_sampling_strategy == "random"  # a user's choice wins
 
 
+@pytest.mark.parametrize("flags, warmup", [([], 0), (["--warmup_ratio", "0.5"], 2), (["--warmup_steps", "0.5"], 2)],
+                         ids=["default-none", "ratio-transformers-4-name", "steps-as-share"])
+def test_warmup_reaches_the_scheduler_and_the_card(bert_dir, csv_data, tmp_path, flags, warmup):
+    # transformers 5 no longer reads `warmup_ratio`: the alias must reach the scheduler, not sit on the arguments.
+    out = tmp_path / "run"
+    code = main(["--model_name_or_path", bert_dir, *data_flags(csv_data), "--output_dir", str(out), "--skip_pretrain",
+                 "--max_steps", "4", "--learning_rate", "1e-3", *flags, *FAST])
+    assert code == 0
+    rates = [h["learning_rate"] for h in json.loads((out / "finetune" / "trainer_state.json").read_text())["log_history"] if "learning_rate" in h]
+    # Linear schedule over 4 steps, each logged with the rate it trained at: a 2-step warm-up starts from 0.
+    expected = [0.0, 0.5e-3, 1e-3, 0.5e-3] if warmup else [1e-3, 0.75e-3, 0.5e-3, 0.25e-3]
+    assert rates == pytest.approx(expected, abs=1e-9)
+    said = "50% of the steps" if warmup else "0 steps"
+    assert json.loads((out / "run_record.json").read_text())["hyperparameters"]["finetune"]["warm-up"] == said
+
+
 def test_pretrained_weights_train_at_the_fine_tuning_rate_and_new_ones_at_the_lora_rate(bert_dir, tmp_path):
     from transformers import Trainer
 
