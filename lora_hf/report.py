@@ -6,6 +6,8 @@ Example:
 """
 
 import json
+import math
+from collections import Counter
 from pathlib import Path
 
 from transformers import PreTrainedModel, TrainingArguments
@@ -13,7 +15,7 @@ from transformers import PreTrainedModel, TrainingArguments
 from .modeling_lora import CONFIG_NAME, HEAD_CLASSES, LoraPreTrainedModel
 from .tasks import TASKS
 
-__all__ = ["announce_precision", "print_phase_header", "plot_loss_curves", "print_table", "usage_lines"]
+__all__ = ["announce_precision", "print_phase_header", "plot_loss_curves", "print_table", "usage_lines", "stalled_classifier"]
 
 
 def announce_precision(args: TrainingArguments) -> dict:
@@ -68,6 +70,31 @@ def plot_loss_curves(histories: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def stalled_classifier(history: list, train_labels: list) -> str | None:
+    """A warning when a classifier's training loss ended where predicting the label frequencies starts, else None.
+
+    A diverged run (seen after a long phase 1 at learning rate 2e-3: every text then gets the same hidden state)
+    still saves a model and a table; its accuracy is the majority share. The logged losses of the last third
+    of the steps, against the entropy of the training labels, say so before anyone uses the model.
+
+    Example:
+        >>> stalled_classifier([{"step": s, "loss": 0.693} for s in (20, 40, 60)], [0, 1] * 50) is not None
+        True
+    """
+    losses = [(h["step"], h["loss"]) for h in history if "loss" in h and "step" in h]
+    counts = Counter(map(str, train_labels))
+    if not losses or len(counts) < 2:
+        return None
+    prior = -sum(n / len(train_labels) * math.log(n / len(train_labels)) for n in counts.values())
+    last = [loss for step, loss in losses if step > losses[-1][0] * 2 / 3] or [losses[-1][1]]
+    ended = sum(last) / len(last)
+    if ended < 0.95 * prior:
+        return None
+    return (f"the finetune phase did not learn: its training loss ended at {ended:.3f}, where predicting the label "
+            f"frequencies starts ({prior:.3f}), so its predictions are near chance. Train again with a lower "
+            "--learning_rate or a warm-up (--warmup_steps 0.06).")
+
+
 def print_table(results: dict, out: Path | None = None) -> None:
     """The final table: each phase's evaluation metrics, the task and its columns, the trainable share, how to use the model."""
     rows = []
@@ -84,7 +111,8 @@ def print_table(results: dict, out: Path | None = None) -> None:
     print(rule)
     for phase, key, value in rows:
         print(f"{phase:<10}{key:<{width + 2}}{value:>10.4f}")
-    for section in (_task_lines(results), _parameter_lines(results), usage_lines(out, results) if out is not None else []):
+    warnings = [f"WARNING: {w}" for w in results.get("warnings", [])]
+    for section in (_task_lines(results), _parameter_lines(results), warnings, usage_lines(out, results) if out is not None else []):
         if section:
             print(rule)
             print("\n".join(section))

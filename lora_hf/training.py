@@ -43,7 +43,7 @@ from .configuration_lora import LoraConfig, is_encoder
 from .data import DataArguments, DataError, check_labels, infer_task, label_list, load_pretrain_texts, load_task_data, truncate_samples, vader_task
 from .modeling_lora import LoraForCausalLM, LoraForMaskedLM
 from .preflight import check_base_model, check_integrations, check_predict, hub_repo_id
-from .report import announce_precision, plot_loss_curves, print_phase_header, print_table
+from .report import announce_precision, plot_loss_curves, print_phase_header, print_table, stalled_classifier
 from .run_dir import (
     LOSS_PICTURE,
     PHASE_ARGUMENTS,
@@ -220,6 +220,11 @@ class TwoPhaseRun:
             done = self._phase("finetune", arguments, lambda: self.finetune(self.phase_two_start()))
             results["finetune"], histories["finetune"] = done["metrics"], done["log_history"]
             results["trainable_params"], results["total_params"] = done["trainable_params"], done["total_params"]
+            if self.task.name == "classification":
+                warning = stalled_classifier(done["log_history"], self.task_data["train"][self.data_args.label_column])
+                if warning:
+                    logger.warning(warning)
+                    results["warnings"] = [warning]
         results["wall_seconds"] = time.perf_counter() - self.started  # the whole command: data, both phases, evaluation
         if self.training_args.should_save:
             final_dir = self.out / ("finetune" if self.runs_finetune else "pretrain")

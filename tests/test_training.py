@@ -270,6 +270,29 @@ def test_warmup_reaches_the_scheduler_and_the_card(bert_dir, csv_data, tmp_path,
     assert json.loads((out / "run_record.json").read_text())["hyperparameters"]["finetune"]["warm-up"] == said
 
 
+def test_a_classifier_whose_loss_stays_at_chance_is_called_out_in_the_table(bert_dir, csv_data, tmp_path, capsys):
+    from lora_hf.report import stalled_classifier
+
+    balanced, skewed = [0, 1] * 50, [0] * 90 + [1] * 10  # label entropies ln 2 = 0.693 and 0.325
+    stuck = [{"step": s, "loss": 0.6931} for s in range(20, 820, 20)]
+    learnt = [{"step": s, "loss": 0.693 if s < 300 else 0.25} for s in range(20, 820, 20)]
+    assert "ended at 0.693" in stalled_classifier(stuck, balanced) and "(0.693)" in stalled_classifier(stuck, balanced)
+    assert stalled_classifier(learnt, balanced) is None
+    assert stalled_classifier([{"step": 800, "loss": 0.33}], skewed) is not None  # the majority share, no better
+    assert stalled_classifier([{"step": 800, "loss": 0.25}], skewed) is None
+    assert stalled_classifier(stuck, [1] * 100) is None and stalled_classifier([], balanced) is None
+
+    # A run that cannot move (learning rate ~0) from a fresh head: its loss stays at ln 2, and the table says so.
+    out = tmp_path / "run"
+    code = main(["--model_name_or_path", bert_dir, *data_flags(csv_data), "--output_dir", str(out), "--skip_pretrain",
+                 "--max_steps", "4", "--learning_rate", "1e-12", "--pretrained_learning_rate", "1e-12", *FAST])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "WARNING: the finetune phase did not learn" in printed
+    assert printed.index("WARNING: the finetune phase") < printed.index("saved to:")
+    assert json.loads((out / "run_record.json").read_text())["warnings"][0].startswith("the finetune phase did not learn")
+
+
 def test_pretrained_weights_train_at_the_fine_tuning_rate_and_new_ones_at_the_lora_rate(bert_dir, tmp_path):
     from transformers import Trainer
 
