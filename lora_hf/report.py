@@ -92,7 +92,7 @@ def stalled_classifier(history: list, train_labels: list) -> str | None:
         return None
     return (f"the finetune phase did not learn: its training loss ended at {ended:.3f}, where predicting the label "
             f"frequencies starts ({prior:.3f}), so its predictions are near chance. Train again with a lower "
-            "--learning_rate or a warm-up (--warmup_steps 0.06).")
+            "--learning_rate (docs/phase_one.md: 1e-3 trained where 2e-3 collapsed; a warm-up did not prevent it).")
 
 
 def print_table(results: dict, out: Path | None = None) -> None:

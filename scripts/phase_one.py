@@ -4,7 +4,8 @@
     python scripts/phase_one.py --output_dir runs/phase_one [--seeds 42 43 44] [--variants NAME ...] [--doc docs/phase_one.md README.md]
 
 Every variant is one `lora-hf train` run per seed with the same finetune recipe (the defaults); only
-phase 1 differs. Each is compared with the finetune-only run of the same seed: the per-seed
+phase 1 differs. Each is compared with the finetune-only run of the same seed (and of the same finetune
+recipe, where a variant changes it: PAIRED_WITH): the per-seed
 difference in test accuracy, their mean with a t interval, and McNemar's exact test on the
 test snippets (pooled over seeds: the discordant pairs, one run right and the other wrong).
 Finished runs are read, not retrained, so the script can be stopped and started again; the
@@ -37,7 +38,18 @@ VARIANTS = {
     "task text; LoRA + embeddings": ["--pretrain_on_task_text", "--pretrain_trainable", "lora", "embeddings"],
     "task text; LoRA, every text, 2 epochs": ["--pretrain_on_task_text", "--pretrain_trainable", "lora", "--max_pretrain_samples", "100000",
                                               "--pretrain_num_train_epochs", "2"],
+    "task text; LoRA, masking 30%": ["--pretrain_on_task_text", "--pretrain_trainable", "lora", "--mlm_probability", "0.3"],
+    "finetune only, warm-up 6%": ["--skip_pretrain", "--warmup_steps", "0.06"],
+    "task text; LoRA, every text, 2 epochs, warm-up 6%": ["--pretrain_on_task_text", "--pretrain_trainable", "lora", "--max_pretrain_samples", "100000",
+                                                          "--pretrain_num_train_epochs", "2", "--warmup_steps", "0.06"],
+    "finetune only, learning rate 1e-3": ["--skip_pretrain", "--learning_rate", "1e-3"],
+    "task text; LoRA, every text, 2 epochs, finetune learning rate 1e-3": [
+        "--pretrain_on_task_text", "--pretrain_trainable", "lora", "--max_pretrain_samples", "100000", "--pretrain_num_train_epochs", "2",
+        "--learning_rate", "1e-3", "--pretrain_learning_rate", "2e-3"],
 }
+# A variant that changes the finetune recipe too is paired with the finetune-only run of that recipe.
+PAIRED_WITH = {"task text; LoRA, every text, 2 epochs, warm-up 6%": "finetune only, warm-up 6%",
+               "task text; LoRA, every text, 2 epochs, finetune learning rate 1e-3": "finetune only, learning rate 1e-3"}
 START, END = "<!-- phase-one:start -->", "<!-- phase-one:end -->"
 T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571}  # two-sided 95% t quantiles by degrees of freedom
 
@@ -129,15 +141,14 @@ def mean(values: list) -> float:
 
 
 def table(results: dict, gold: list) -> str:
-    base = results.get(BASELINE, {})
     lines = [
-        f"Measured with `python scripts/phase_one.py` on {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-        f"torch {torch.__version__}; test set {len(gold):,} snippets. Difference: variant minus finetune-only on the same seed, "
+        f"Measured with `python scripts/phase_one.py` on {platform.processor() or platform.machine()}, {torch.get_num_threads()} thread{'s' if torch.get_num_threads() != 1 else ''}, "
+        f"torch {torch.__version__}; test set {len(gold):,} snippets. Difference: variant minus the run in \"paired with\" on the same seed, "
         "in points of test accuracy (per seed, then mean ± 95% t half-width); McNemar: exact two-sided p on the "
-        "discordant test predictions pooled over the seeds (variant right only / finetune-only right only).",
+        "discordant test predictions pooled over the seeds (variant right only / paired run right only).",
         "",
-        "| variant | seeds | test | validation | difference per seed | mean difference | McNemar (b/c, p) | phase-1 perplexity | whole run | final checkpoint |",
-        "|---|---|---:|---:|---|---:|---|---:|---:|---:|",
+        "| variant | seeds | test | validation | paired with | difference per seed | mean difference | McNemar (b/c, p) | phase-1 perplexity | whole run | final checkpoint |",
+        "|---|---|---:|---:|---|---|---:|---|---:|---:|---:|",
     ]
     for name, runs in results.items():
         if not runs:
@@ -146,10 +157,11 @@ def table(results: dict, gold: list) -> str:
         row = [name, ", ".join(map(str, seeds)),
                f"{100 * mean([runs[s]['test_accuracy'] for s in seeds]):.2f}%", f"{100 * mean([runs[s]['eval_accuracy'] for s in seeds]):.2f}%"]
         if name == BASELINE:
-            row += ["—", "—", "—"]
+            row += ["—", "—", "—", "—"]
         else:
-            cmp = compare(runs, base, gold)
-            row += [" / ".join(f"{d:+.2f}" for d in cmp["diffs"]) or "—",
+            paired = PAIRED_WITH.get(name, BASELINE)
+            cmp = compare(runs, results.get(paired, {}), gold)
+            row += [paired, " / ".join(f"{d:+.2f}" for d in cmp["diffs"]) or "—",
                     (f"{cmp['mean_diff']:+.2f} ± {cmp['ci95']:.2f}" if len(cmp["diffs"]) > 1 else f"{cmp['mean_diff']:+.2f} (one seed)")
                     if cmp["diffs"] else "—",
                     f"{cmp['b']}/{cmp['c']}, p={cmp['p_mcnemar']:.2f}" if cmp["diffs"] else "—"]
@@ -177,7 +189,8 @@ def main(argv=None) -> int:
     out = Path(args.output_dir)
     gold = gold_labels()
     results = {}
-    for name in [BASELINE] + [v for v in args.variants if v != BASELINE]:
+    baselines = [BASELINE] + [PAIRED_WITH[v] for v in args.variants if v in PAIRED_WITH]
+    for name in dict.fromkeys(baselines + args.variants):  # baselines first, each once
         results[name] = {}
         for seed in args.seeds:
             run_dir = out / slug(name) / f"seed{seed}"
