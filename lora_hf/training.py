@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from datasets import Dataset
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel, TrainingArguments, set_seed
 from transformers.utils import logging
@@ -482,6 +483,10 @@ def main(argv: list | None = None) -> int:
     except (DataError, ValueError, OSError) as err:
         print(f"lora-hf train: error: {err}", file=sys.stderr)
         return 2
+    # Torn down here rather than at interpreter exit, where a finished DeepSpeed/gloo rank was once seen to abort
+    # ("terminate called without an active exception", SIGABRT) after its run was complete and saved.
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
     return 0
 
 
