@@ -19,7 +19,7 @@ from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 from .checkpoint_lora import CONFIG_NAME
 
-__all__ = ["CARD_NAME", "HUB_LICENSES", "looks_like_hub_id", "hub_base_model", "base_license", "check_card_metadata"]
+__all__ = ["CARD_NAME", "GENERATED_MARK", "HUB_LICENSES", "edited_by_hand", "looks_like_hub_id", "hub_base_model", "base_license", "check_card_metadata"]
 
 # The card's file name; a local base model's own card is read for its Hub id and license.
 CARD_NAME = "README.md"
@@ -38,6 +38,11 @@ HUB_LICENSES = frozenset(
     llama3.1 llama3.2 llama3.3 llama4 gemma unknown other
     """.split()
 )
+
+
+def edited_by_hand(card_path: Path) -> bool:
+    """Whether `card_path` is a card a person wrote or edited (its generated-card line is gone): such a card is kept."""
+    return card_path.is_file() and GENERATED_MARK not in card_path.read_text(encoding="utf-8", errors="replace")
 
 
 def looks_like_hub_id(name: object) -> bool:

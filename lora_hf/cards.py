@@ -20,7 +20,7 @@ from pathlib import Path
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from transformers.utils import logging
 
-from .card_metadata import CARD_NAME, GENERATED_MARK, base_license, check_card_metadata, hub_base_model, looks_like_hub_id
+from .card_metadata import CARD_NAME, GENERATED_MARK, base_license, check_card_metadata, edited_by_hand, hub_base_model, looks_like_hub_id
 from .checkpoint_lora import CONFIG_NAME, WEIGHTS_NAME, atomic_write_text, read_safetensors
 from .configuration_lora import PHASES, LoraConfig, is_encoder
 from .loading_lora import quiet_transformers
@@ -41,9 +41,6 @@ __all__ = [
 ]
 
 TEMPLATE_NAME = "lora_model_card.md"
-# Marks a card this module rendered; a README.md without it was written by a person and is pushed as it is.
-
-
 FINETUNE_OBJECTIVES = {
     "classification": "sequence classification, cross-entropy over the labels",
     "regression": "regression, mean squared error",
@@ -91,7 +88,7 @@ def _fmt(value) -> str:
     return str(value)
 
 
-def _count_parameters(config, encoder: bool) -> dict:
+def _count_parameters(config) -> dict:
     """Per phase: `(trainable, total)` from weightless (meta) copies of the model each phase trains; {} if none can be built.
 
     The finetune phase trains the saved class; the pretrain phase its language-model sibling.
@@ -183,6 +180,7 @@ def _read_run_record(model_dir: Path):
 def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:60] or "custom"
 
+
 # ----- the parts of the card --------------------------------------------------------------------
 @dataclass
 class _SavedRun:
@@ -193,7 +191,6 @@ class _SavedRun:
     results: dict
     datasets: dict
     head: type
-    encoder: bool
     counts: dict
 
     @property
@@ -204,6 +201,11 @@ class _SavedRun:
     def pipeline_tag(self) -> str | None:
         return self.head.pipeline_tag
 
+    @property
+    def encoder(self) -> bool:
+        """As training decides: masked-LM pretraining where the architecture has a masked-LM head."""
+        return is_encoder(self.config.backbone_config)
+
 
 def _saved_run(model_dir: Path, results: dict | None, datasets: dict | None) -> _SavedRun:
     config = check_model_dir(model_dir)
@@ -211,12 +213,10 @@ def _saved_run(model_dir: Path, results: dict | None, datasets: dict | None) -> 
         results = _read_run_record(model_dir)
     results = results if isinstance(results, dict) else {}
     head = model_class(config)
-    # As training decides: masked-LM pretraining where the architecture has a masked-LM head.
-    encoder = is_encoder(config.backbone_config)
     # Datasets: what the caller or the training run recorded, per phase; Hub ids also go to the metadata.
     recorded = results.get("datasets") if isinstance(results.get("datasets"), dict) else {}
     datasets = {k: v for k, v in {**recorded, **(datasets or {})}.items() if isinstance(v, str) and v}
-    return _SavedRun(model_dir, config, results, datasets, head, encoder, _count_parameters(config, encoder))
+    return _SavedRun(model_dir, config, results, datasets, head, _count_parameters(config))
 
 
 def weights_format(metadata: dict) -> str:
@@ -391,11 +391,6 @@ def build_model_card(model_dir: str | Path, results: dict | None = None, *, repo
     card = ModelCard.from_template(card_data, template_path=str(template_path()), **variables)
     check_card_metadata(card)
     return card
-
-
-def edited_by_hand(card_path: Path) -> bool:
-    """Whether `card_path` is a card a person wrote or edited (its generated-card line is gone): such a card is kept."""
-    return card_path.is_file() and GENERATED_MARK not in card_path.read_text(encoding="utf-8", errors="replace")
 
 
 def write_model_card(model_dir: str | Path, results: dict | None = None, *, overwrite: bool = False, **kwargs) -> Path | None:

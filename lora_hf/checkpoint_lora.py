@@ -139,7 +139,6 @@ def _fingerprint_v1(model) -> str:
     return digest.hexdigest()[:16]
 
 
-
 # ----- save --------------------------------------------------------------------------------------
 def collect_tensors(model, state_dict: dict | None, save_base: bool) -> tuple:
     """`(tensors, full_state, new_rows)` a save of `model` writes: the adapter-only set (`adapter_state_keys`) or,
@@ -188,12 +187,12 @@ def write_model_dir(model, save_directory, tensors: dict, full_state: dict, new_
     atomic_write_all(Path(save_directory), files)  # weights first, config last
 
 
-
 def vocab_row_keys(model) -> list:
     """Names of the tensors with one row per token: the input and output embeddings (tied ones once) and the output bias."""
     modules = [m for m in (model.get_input_embeddings(), model.get_output_embeddings()) if m is not None]
     ids = {id(p) for m in modules for p in m.parameters(recurse=False) if p is not None}
     return sorted(n for n, p in model.named_parameters() if id(p) in ids)
+
 
 def new_token_rows(model) -> dict:
     """`{key: rows}`: the vocabulary tensors an adapter-only save holds only the added rows of (see `resize_token_embeddings`)."""

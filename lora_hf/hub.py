@@ -24,7 +24,7 @@ from .card_metadata import CARD_NAME, check_card_metadata, hub_base_model, looks
 from .cards import TEMPLATE_NAME, build_model_card, edited_by_hand, template_path, weights_format, write_model_card
 from .checkpoint_lora import CODE_FILES, CONFIG_NAME, GENERATION_CONFIG_NAME, WEIGHTS_NAME, read_safetensors
 from .configuration_lora import PHASES
-from .model_dir import check_model_dir, run_command, tokenizer_files
+from .model_dir import MODEL_DIR_HELP, check_model_dir, command_parser, run_command, tokenizer_files
 from .run_dir import LOSS_PICTURE, RECORD_NAME, RESULTS_NAME
 
 if TYPE_CHECKING:
@@ -195,14 +195,13 @@ def _datasets(args) -> dict:
 
 
 def card_main(argv: list | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="lora-hf card",
-        description="Write README.md, the model card, into a lora_hf model directory (metadata, both phases, eval results, "
+    parser = command_parser(
+        "card",
+        "Write README.md, the model card, into a lora_hf model directory (metadata, both phases, eval results, "
         "loss curves, how to load it).",
-        epilog="examples:\n  lora-hf card runs/demo\n  lora-hf card runs/demo --finetune_dataset stanfordnlp/sst2 --license mit",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "  lora-hf card runs/demo\n  lora-hf card runs/demo --finetune_dataset stanfordnlp/sst2 --license mit",
     )
-    parser.add_argument("model_dir", help="A directory written by save_pretrained or lora-hf train.")
+    parser.add_argument("model_dir", help=MODEL_DIR_HELP)
     parser.add_argument("--repo_id", help="The Hub repo the card will live in (used in the loading examples).")
     parser.add_argument("--overwrite", action="store_true", help="Replace a README.md that was edited by hand.")
     _dataset_flags(parser)
@@ -219,15 +218,14 @@ def card_main(argv: list | None = None) -> int:
 
 
 def push_main(argv: list | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="lora-hf push",
-        description="Upload a lora_hf model directory to the Hub in one commit: config, weights, modelling code, the card "
+    parser = command_parser(
+        "push",
+        "Upload a lora_hf model directory to the Hub in one commit: config, weights, modelling code, the card "
         "(README.md), the loss picture, results and tokenizer when present. Log in first (`hf auth login`) or pass --token.",
-        epilog="examples:\n  lora-hf push runs/demo me/minilm-vader-lora --private\n"
+        "  lora-hf push runs/demo me/minilm-vader-lora --private\n"
         "  lora-hf push runs/demo me/minilm-vader-lora --base_model_id sentence-transformers/all-MiniLM-L6-v2",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("model_dir", help="A directory written by save_pretrained or lora-hf train.")
+    parser.add_argument("model_dir", help=MODEL_DIR_HELP)
     parser.add_argument("repo_id", help="The Hub repo: 'name' or 'namespace/name' (created if missing).")
     parser.add_argument("--private", action="store_true", help="Create the repo private.")
     parser.add_argument("--token", help="A Hub token (default: the one `hf auth login` stored).")

@@ -6,7 +6,7 @@ Example:
 
 from pathlib import Path
 
-from .model_dir import check_output_dir, command_parser, copy_tokenizer_files, load_model_dir, run_command
+from .model_dir import MODEL_DIR_HELP, check_output_dir, command_parser, copy_tokenizer_files, load_model_dir, run_command
 
 __all__ = ["merge_to_plain", "merge_main"]
 
@@ -31,7 +31,7 @@ def merge_main(argv: list | None = None) -> int:
         "The result loads with AutoModelFor*.from_pretrained: no lora_hf, no trust_remote_code.",
         "  lora-hf merge runs/demo runs/demo-merged\n"
         "  lora-hf merge my-lora merged --base_model_name_or_path ./MiniLM   # adapter-only save, base elsewhere",
-        io={"source": ("model_dir", "A directory written by save_pretrained or lora-hf train."),
+        io={"source": ("model_dir", MODEL_DIR_HELP),
             "output_dir": "Where to write the merged model (new or empty directory).",
             "base_model_name_or_path": "Load the base from here instead of the path in config.json."},
     )

@@ -14,8 +14,10 @@ from pathlib import Path
 from .configuration_lora import LoraConfig
 from .modeling_lora import CONFIG_NAME, WEIGHTS_NAME, head_class
 
-__all__ = ["TOKENIZER_FILES", "check_model_dir", "model_class", "load_model_dir", "tokenizer_files", "copy_tokenizer_files", "check_output_dir", "command_parser", "run_command"]
+__all__ = ["MODEL_DIR_HELP", "TOKENIZER_FILES", "check_model_dir", "model_class", "load_model_dir", "tokenizer_files", "copy_tokenizer_files", "check_output_dir", "command_parser", "run_command"]
 
+# The help of a command's model-directory argument.
+MODEL_DIR_HELP = "A directory written by save_pretrained or lora-hf train."
 # The files `tokenizer.save_pretrained` may write (fast and slow tokenizers of the common families).
 TOKENIZER_FILES = (
     "tokenizer.json",

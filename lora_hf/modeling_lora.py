@@ -92,8 +92,7 @@ class LoraPreTrainedModel(LoraPhasesMixin, PreTrainedModel):
         self.active_phase = None
         self.newly_initialized_keys = []
         self.post_init()
-        # Ready to fine-tune out of the box (adapters + head), as PEFT's task models are.
-        self.apply_phase("finetune" if "finetune" in config.phase_trainable else next(iter(config.phase_trainable)))
+        self.apply_phase(self._ready_phase())
 
     @torch.no_grad()
     def initialize_weights(self):
@@ -144,8 +143,12 @@ class LoraPreTrainedModel(LoraPhasesMixin, PreTrainedModel):
         embeddings = self.backbone.resize_token_embeddings(new_num_tokens, pad_to_multiple_of, mean_resizing)
         self.vocab_size = self.config.get_text_config().vocab_size  # as transformers' resize sets it
         # Parameters the resize replaced come back trainable: the phase decides.
-        self.apply_phase(self.active_phase or ("finetune" if "finetune" in self.config.phase_trainable else next(iter(self.config.phase_trainable))))
+        self.apply_phase(self.active_phase or self._ready_phase())
         return embeddings
+
+    def _ready_phase(self) -> str:
+        # Ready to fine-tune out of the box (adapters + head), as PEFT's task models are.
+        return "finetune" if "finetune" in self.config.phase_trainable else next(iter(self.config.phase_trainable))
 
     def base_prefix(self) -> str:
         """`bert` for a `BertForX` backbone; empty when the backbone is the bare base model."""

@@ -24,7 +24,7 @@ from .checkpoint_lora import atomic_write_all, read_safetensors, write_bytes
 from .loading_lora import HUB_KWARGS, quiet_transformers
 # Re-exported: callers imported the merge from here before it had a module of its own.
 from .merge import merge_main, merge_to_plain
-from .model_dir import check_output_dir, command_parser, copy_tokenizer_files, load_model_dir, run_command
+from .model_dir import MODEL_DIR_HELP, check_output_dir, command_parser, copy_tokenizer_files, load_model_dir, run_command
 from .modeling_lora import HEAD_CLASSES, LoraPreTrainedModel, head_class
 
 logger = logging.get_logger(__name__)
@@ -419,7 +419,7 @@ def export_main(argv: list | None = None) -> int:
         "peft.PeftModel.from_pretrained(base, OUT). The tokenizer beside the model is copied too.",
         "  lora-hf export-peft runs/demo demo-peft\n"
         "  python -c \"from peft import PeftModel; ...; PeftModel.from_pretrained(base, 'demo-peft')\"",
-        io={"source": ("model_dir", "A directory written by save_pretrained or lora-hf train."),
+        io={"source": ("model_dir", MODEL_DIR_HELP),
             "output_dir": "Where to write the PEFT adapter (new or empty directory).",
             "base_model_name_or_path": "Load the base from here instead of the path in config.json; also recorded in "
                                        "adapter_config.json (use a Hub id there to share the adapter)."},

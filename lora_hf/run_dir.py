@@ -27,7 +27,7 @@ from .checkpoint_lora import atomic_write_all, atomic_write_text
 from .configuration_lora import PHASES
 from .data import DataError
 from .model_dir import TOKENIZER_FILES, check_output_dir
-from .card_metadata import CARD_NAME, GENERATED_MARK
+from .card_metadata import CARD_NAME, edited_by_hand
 from .checkpoint_lora import CODE_FILES, CONFIG_NAME, GENERATION_CONFIG_NAME, WEIGHTS_NAME
 from .report import plot_loss_curves
 
@@ -171,7 +171,7 @@ def clear_previous_run(out: Path) -> None:
     for name in (RESULTS_NAME, RECORD_NAME, *PUBLISHED, LOSS_PICTURE, *TOKENIZER_FILES):
         (out / name).unlink(missing_ok=True)
     card = out / CARD_NAME
-    if card.is_file() and GENERATED_MARK in card.read_text(encoding="utf-8", errors="replace"):
+    if card.is_file() and not edited_by_hand(card):
         card.unlink()  # a generated card describes the old run; a card the user wrote stays
 
 

@@ -42,7 +42,7 @@ from .arguments import (
 from .checkpoint_lora import atomic_write_text
 from .configuration_lora import LoraConfig, is_encoder
 from .data import DataArguments, DataError, check_labels, infer_task, label_list, load_pretrain_texts, load_task_data, truncate_samples, vader_task
-from .modeling_lora import LoraForCausalLM, LoraForMaskedLM
+from .modeling_lora import language_model_class
 from .preflight import check_base_model, check_integrations, check_predict, hub_repo_id
 from .report import announce_precision, plot_loss_curves, print_phase_header, print_table, stalled_classifier
 from .run_dir import (
@@ -106,7 +106,7 @@ class TwoPhaseRun:
     phase_args: PhaseArguments
     out: Path
     base: str
-    encoder: bool
+    backbone_config: Any  # the base's config, read before anything loads
     lora_kwargs: dict
     precision: dict
     started: float
@@ -136,13 +136,13 @@ class TwoPhaseRun:
         set_seed(training_args.seed)
         backbone_config = check_base_model(base)
         run = cls(model_args=model_args, lora_args=lora_args, data_args=data_args, training_args=training_args, phase_args=phase_args,
-                  out=out, base=base, encoder=is_encoder(backbone_config), lora_kwargs=lora_args.lora_config_kwargs(),
+                  out=out, base=base, backbone_config=backbone_config, lora_kwargs=lora_args.lora_config_kwargs(),
                   precision=precision, started=started)
         probe = None if run.full else LoraConfig(backbone_config=backbone_config, **run.lora_kwargs)
         run._check_pretrain(probe)
         run.tokenizer = _load_tokenizer(base)
         run._load_data()
-        run._choose_task(backbone_config, probe)
+        run._choose_task(probe)
         check_predict(training_args, run.task_data, run.task, data_args)
         return run
 
@@ -164,9 +164,13 @@ class TwoPhaseRun:
         return tuple(phase for phase, runs in (("pretrain", self.runs_pretrain), ("finetune", self.runs_finetune)) if runs)
 
     @property
+    def encoder(self) -> bool:
+        return is_encoder(self.backbone_config)
+
+    @property
     def lm_class(self) -> type:
         """The pretrain phase's model class: masked LM for an encoder, causal LM for a decoder."""
-        return LoraForMaskedLM if self.encoder else LoraForCausalLM
+        return language_model_class(self.backbone_config)
 
     def _check_pretrain(self, probe: LoraConfig | None) -> None:
         if not self.runs_pretrain:
@@ -195,7 +199,7 @@ class TwoPhaseRun:
         self.pretrain_texts = pretrain_texts
         self.task_data = None if self.model_args.skip_finetune else task_data
 
-    def _choose_task(self, backbone_config, probe: LoraConfig | None) -> None:
+    def _choose_task(self, probe: LoraConfig | None) -> None:
         if self.task_data is None:
             return
         column = self.data_args.label_column
@@ -203,7 +207,7 @@ class TwoPhaseRun:
         self.labels = label_list(self.task_data, column) if task.named_labels else None
         check_labels(self.task_data, column, task.name, self.labels)
         if task.needs_decoder and self.encoder:
-            raise DataError(f"`--task {task.name}` needs a decoder backbone; {backbone_config.model_type!r} is an encoder.")
+            raise DataError(f"`--task {task.name}` needs a decoder backbone; {self.backbone_config.model_type!r} is an encoder.")
         if probe is not None:  # the task model may have modules the pretrain model lacks (BERT's pooler)
             task.model_class.check_target_modules(probe)
         self.task = task
@@ -411,8 +415,6 @@ class TwoPhaseRun:
         keep_labels = self.task.predict_needs_labels or "labels" not in test.column_names
         output = trainer.predict(test if keep_labels else test.remove_columns(["labels"]), metric_key_prefix="predict")
         return self.task.predictions(output, self.labels)
-
-
 
 
 def warmup_text(steps: float) -> str:

@@ -23,7 +23,9 @@ from pathlib import Path
 
 import torch
 
+from lora_hf.checkpoint_lora import WEIGHTS_NAME
 from lora_hf.data import vader_task
+from lora_hf.run_dir import PREDICTIONS_NAME, RECORD_NAME
 from lora_hf.training import main as train
 
 BASELINE = "finetune only"
@@ -59,12 +61,12 @@ def slug(name: str) -> str:
 
 
 def run(out: Path, flags: list, seed: int, extra: list) -> dict:
-    if not (out / "run_record.json").is_file():
+    if not (out / RECORD_NAME).is_file():
         code = train(["--output_dir", str(out), "--seed", str(seed), "--do_predict", "--overwrite_output_dir", *flags, *extra])
         if code != 0:
             raise SystemExit(f"training into {out} failed with exit code {code}")
-    record = json.loads((out / "run_record.json").read_text())
-    predictions = [line.split("\t")[1] for line in (out / "finetune" / "predict_results.txt").read_text().splitlines()[1:]]
+    record = json.loads((out / RECORD_NAME).read_text())
+    predictions = [line.split("\t")[1] for line in (out / "finetune" / PREDICTIONS_NAME).read_text().splitlines()[1:]]
     predictions = in_test_order(predictions, seed, record["finetune"]["test_accuracy"])
     phases = ("pretrain", "finetune")
     return {
@@ -73,7 +75,7 @@ def run(out: Path, flags: list, seed: int, extra: list) -> dict:
         "pretrain_perplexity": record.get("pretrain", {}).get("eval_perplexity"),
         "minutes": record["wall_seconds"] / 60,
         "train_minutes": sum(record.get(p, {}).get("train_wall_seconds", 0.0) for p in phases) / 60,
-        "checkpoint_mb": (out / "model.safetensors").stat().st_size / 1e6,
+        "checkpoint_mb": (out / WEIGHTS_NAME).stat().st_size / 1e6,
         "predictions": predictions,
     }
 
@@ -195,7 +197,7 @@ def main(argv=None) -> int:
         for seed in args.seeds:
             run_dir = out / slug(name) / f"seed{seed}"
             # Unlisted (the baseline), or --only_report: read what is finished, train nothing.
-            if (args.only_report or name not in args.variants) and not (run_dir / "run_record.json").is_file():
+            if (args.only_report or name not in args.variants) and not (run_dir / RECORD_NAME).is_file():
                 continue
             results[name][seed] = run(run_dir, VARIANTS[name], seed, args.extra)
             print(f"{name}, seed {seed}: test {results[name][seed]['test_accuracy']:.4f}", flush=True)

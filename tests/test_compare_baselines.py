@@ -6,7 +6,6 @@ from pathlib import Path
 import train_fixtures
 
 
-
 def load_script():
     return train_fixtures.load_script("compare_baselines")
 

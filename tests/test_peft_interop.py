@@ -14,7 +14,7 @@ import lora_hf
 from hub_fixtures import classifier, run_without_lora_hf, tokenizer
 from lora_hf import LoraForCausalLM, LoraForMaskedLM, LoraForSequenceClassification
 from lora_hf.peft_interop import merge_to_plain, read_peft_adapter
-from tiny_backbones import ATOL, inputs, randomize_adapters, tiny_config
+from tiny_backbones import ATOL, inputs, embeddings_in_pretrain, randomize_adapters, tiny_config
 
 peft = pytest.importorskip("peft")
 
@@ -90,8 +90,7 @@ def test_trained_embeddings_and_lm_head_go_to_modules_to_save(bases, tmp_path):
     from transformers import AutoModelForMaskedLM
 
     torch.manual_seed(0)
-    model = LoraForMaskedLM.from_base_model(bases["bert"], r=4, lora_alpha=8,
-                                            phase_trainable={"pretrain": ["lora", "embeddings"], "finetune": ["lora", "head"]})
+    model = LoraForMaskedLM.from_base_model(bases["bert"], r=4, lora_alpha=8, phase_trainable=embeddings_in_pretrain())
     model.set_phase("pretrain")  # lora + embeddings
     randomize_adapters(model)
     with torch.no_grad():

@@ -6,7 +6,6 @@ import pytest
 import train_fixtures
 
 
-
 def load_script():
     return train_fixtures.load_script("phase_one")
 

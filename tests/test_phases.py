@@ -8,7 +8,7 @@ from transformers import AutoModel
 
 from lora_hf import LoraConfig, LoraForCausalLM, LoraForMaskedLM, LoraForSequenceClassification, LoraModel
 from lora_hf.lora_layers import lora_layers
-from tiny_backbones import ATOL, BACKBONES, DECODERS, inputs, randomize_adapters, tiny_config
+from tiny_backbones import ATOL, BACKBONES, DECODERS, inputs, embeddings_in_pretrain, randomize_adapters, tiny_config
 
 
 def trainable_names(model):
@@ -16,8 +16,7 @@ def trainable_names(model):
 
 
 def test_phases_train_exactly_their_groups():
-    phases = {"pretrain": ["lora", "embeddings"], "finetune": ["lora", "head"]}
-    model = LoraForMaskedLM(LoraConfig(backbone_config=tiny_config("bert"), r=2, phase_trainable=phases))
+    model = LoraForMaskedLM(LoraConfig(backbone_config=tiny_config("bert"), r=2, phase_trainable=embeddings_in_pretrain()))
     lora = {n for n, _ in model.named_parameters() if n.endswith((".lora_A", ".lora_B"))}
     assert len(lora) == 16
     assert trainable_names(model) == lora | {n for n, _ in model.named_parameters() if n.startswith("backbone.cls.")}  # finetune at start
@@ -93,7 +92,7 @@ def test_tied_weights_stay_tied_when_embeddings_train_and_are_counted_and_saved_
     from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
 
     lm_class, auto = (LoraForCausalLM, AutoModelForCausalLM) if name in DECODERS else (LoraForMaskedLM, AutoModelForMaskedLM)
-    model = lm_class(LoraConfig(backbone_config=tiny_config(name), r=2, phase_trainable={"pretrain": ["lora", "embeddings"], "finetune": ["lora", "head"]}))
+    model = lm_class(LoraConfig(backbone_config=tiny_config(name), r=2, phase_trainable=embeddings_in_pretrain()))
     model.set_phase("pretrain")
     embeddings = model.get_input_embeddings().weight
     assert model.backbone.get_submodule(lm_head).weight is embeddings and embeddings.requires_grad

@@ -12,7 +12,7 @@ from transformers import AutoModel, AutoModelForMaskedLM, AutoModelForSequenceCl
 
 from lora_hf import LoraForMaskedLM, LoraForSequenceClassification, LoraModel
 from lora_hf.lora_layers import lora_layers
-from tiny_backbones import ATOL, BACKBONES, CHECKPOINT_NAMES, inputs, minilm_path, randomize_adapters, read_json, run_without_lora_hf, task_classes, tiny_config
+from tiny_backbones import ATOL, BACKBONES, CHECKPOINT_NAMES, inputs, minilm_path, embeddings_in_pretrain, randomize_adapters, read_json, run_without_lora_hf, task_classes, tiny_config
 
 CODE_FILES = ["configuration_lora.py", "lora_layers.py", "checkpoint_lora.py", "loading_lora.py", "phases_lora.py", "modeling_lora.py"]
 
@@ -115,7 +115,7 @@ def test_a_masked_lm_save_loads_into_sequence_classification_with_its_adapters_a
     """The new head, and BERT's pooler that a masked LM never had, start fresh; both travel with later saves."""
     torch.manual_seed(0)
     AutoModelForMaskedLM.from_config(tiny_config("bert")).save_pretrained(tmp_path / "base")
-    mlm = LoraForMaskedLM.from_base_model(str(tmp_path / "base"), r=2, phase_trainable={"pretrain": ["lora", "embeddings"], "finetune": ["lora", "head"]})
+    mlm = LoraForMaskedLM.from_base_model(str(tmp_path / "base"), r=2, phase_trainable=embeddings_in_pretrain())
     mlm.set_phase("pretrain")
     trained(mlm)
     mlm.save_pretrained(tmp_path / "pretrained", save_base=save_base)

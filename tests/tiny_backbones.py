@@ -58,6 +58,12 @@ def tiny_config(name: str, dropout: bool = True, **overrides):
     return config
 
 
+def embeddings_in_pretrain() -> dict:
+    """The phase groups of tests that train the embeddings in phase 1 (the default no longer does); a fresh dict each
+    call, since a config keeps the one it is given."""
+    return {"pretrain": ["lora", "embeddings"], "finetune": ["lora", "head"]}
+
+
 BACKBONES = ("bert", "roberta", "distilbert", "gpt2", "gpt_neox", "llama")
 DECODERS = ("gpt2", "gpt_neox", "llama")
 # What target_modules="auto" must pick in each layer: every attention projection.
